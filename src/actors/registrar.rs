@@ -1,0 +1,443 @@
+//! `Registrar`: the root supervisor and router of reconcile mode.
+//!
+//! * Owns: its children — one `Watcher` per kind, one `NodeShard` per node, the `SpirePool`, and
+//!   the `Leader` when leader election is on — and the restart budget.
+//! * Receives: change notices from watchers, `ShardSynced` from shards, leadership changes, the
+//!   resync timer, and fault-injection requests.
+//! * Messages: shards (`Seed`, `Sync`, `Resync`), the pool (`List` for the initial read).
+//!
+//! # Supervision
+//! One-for-one: a child that fails (error or panic) is restarted alone, with the same arguments;
+//! the others keep running. A restarted watcher relists, a restarted shard re-reads its entries
+//! from SPIRE, a restarted pool is swapped into the shared [`PoolHandle`]. More than
+//! `RESTART_BUDGET` restarts within `RESTART_WINDOW` escalate: the registrar fails, and `main`
+//! exits non-zero so Kubernetes restarts the pod (ractor's default would silently stop).
+//!
+//! # Start and promotion
+//! Once every watcher has listed and this replica leads, the registrar reads all entries once
+//! (paged), hands each node's owned entries to its shard (`Seed`), and from then on work is
+//! incremental. Nodes that have entries but no Node object get a shard too; it deletes them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, rpc::CallResult};
+use tokio::task::JoinHandle;
+
+use super::{
+    PoolHandle,
+    leader::{Leader, LeaderArgs, LeaderMsg},
+    shard::{NodeShard, ShardArgs, ShardMsg},
+    spire_pool::{PoolArgs, PoolMsg, SpirePool},
+    watcher::{WatchKind, Watcher, WatcherArgs, WatcherMsg},
+};
+use crate::{
+    election::ElectionConfig,
+    identity::Naming,
+    k8s::{cache::ClusterCache, events::EventSink},
+    leadership::{Leadership, LeadershipRx, LeadershipTx},
+    model::Entry,
+    spire::{ListFilter, SpireClient},
+};
+
+const RESTART_BUDGET: usize = 30;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Which child a fault-injection request targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultTarget {
+    Watcher(WatchKind),
+    Shard(String),
+    Pool,
+    SpireWorker(usize),
+    Leader,
+}
+
+pub enum RegistrarMsg {
+    NodesTouched(BTreeSet<String>),
+    AllNodesTouched,
+    WatcherSynced(WatchKind),
+    ShardSynced { node: String, empty: bool },
+    Leadership(Leadership),
+    ResyncTick,
+    Bootstrap,
+    Inject(FaultTarget),
+    /// Graceful shutdown: release the leader lock, stop every child, then reply.
+    Shutdown(ractor::RpcReplyPort<()>),
+}
+
+pub struct RegistrarArgs {
+    pub naming: Arc<Naming>,
+    pub client: kube::Client,
+    pub spire: SpireClient,
+    pub cache: ClusterCache,
+    pub leadership: LeadershipRx,
+    /// Present when leader election is on: the Leader actor publishes on `LeadershipTx`.
+    pub election: Option<(ElectionConfig, LeadershipTx)>,
+    pub watch_slices: bool,
+    pub resync_interval: Duration,
+    pub pool_workers: usize,
+    pub events: EventSink,
+    /// Set once the first full convergence pass has been handed to the shards.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub struct Registrar;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildKind {
+    Watcher(WatchKind),
+    Shard,
+    Pool,
+    Leader,
+}
+
+impl ChildKind {
+    fn label(self) -> &'static str {
+        match self {
+            ChildKind::Watcher(k) => k.label(),
+            ChildKind::Shard => "shard",
+            ChildKind::Pool => "spire_pool",
+            ChildKind::Leader => "leader",
+        }
+    }
+}
+
+pub struct RegistrarState {
+    args: RegistrarArgs,
+    watchers: BTreeMap<WatchKind, ActorRef<WatcherMsg>>,
+    synced: BTreeSet<WatchKind>,
+    shards: BTreeMap<String, ActorRef<ShardMsg>>,
+    pool: PoolHandle,
+    leader: Option<ActorRef<LeaderMsg>>,
+    children: HashMap<ActorId, (ChildKind, Option<String>)>,
+    restarts: VecDeque<Instant>,
+    /// The epoch whose initial read has been done; shards only exist for work in that epoch.
+    bootstrapped: Option<u64>,
+    leadership_task: JoinHandle<()>,
+}
+
+impl RegistrarState {
+    fn kinds(&self) -> Vec<WatchKind> {
+        let mut k = vec![WatchKind::Nodes, WatchKind::Pods];
+        if self.args.watch_slices {
+            k.push(WatchKind::EndpointSlices);
+        }
+        k
+    }
+
+    fn shard_args(&self, myself: &ActorRef<RegistrarMsg>, node: &str) -> ShardArgs {
+        ShardArgs {
+            node: node.to_string(),
+            naming: self.args.naming.clone(),
+            cache: self.args.cache.clone(),
+            pool: self.pool.clone(),
+            leadership: self.args.leadership.clone(),
+            events: self.args.events.clone(),
+            registrar: myself.clone(),
+        }
+    }
+}
+
+async fn spawn_watcher(
+    myself: &ActorRef<RegistrarMsg>,
+    state: &mut RegistrarState,
+    kind: WatchKind,
+) -> Result<(), ActorProcessingErr> {
+    let args = WatcherArgs {
+        kind,
+        client: state.args.client.clone(),
+        cache: state.args.cache.clone(),
+        registrar: myself.clone(),
+    };
+    let (w, _) = Actor::spawn_linked(None, Watcher, args, myself.get_cell()).await?;
+    state.children.insert(w.get_id(), (ChildKind::Watcher(kind), None));
+    state.watchers.insert(kind, w);
+    Ok(())
+}
+
+async fn spawn_shard(
+    myself: &ActorRef<RegistrarMsg>,
+    state: &mut RegistrarState,
+    node: &str,
+) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
+    let (s, _) = Actor::spawn_linked(None, NodeShard, state.shard_args(myself, node), myself.get_cell()).await?;
+    state.children.insert(s.get_id(), (ChildKind::Shard, Some(node.to_string())));
+    state.shards.insert(node.to_string(), s.clone());
+    metrics::gauge!("registrar_shards").set(state.shards.len() as f64);
+    Ok(s)
+}
+
+async fn spawn_pool(
+    myself: &ActorRef<RegistrarMsg>,
+    args: &RegistrarArgs,
+) -> Result<ActorRef<PoolMsg>, ActorProcessingErr> {
+    let pool_args = PoolArgs {
+        client: args.spire.clone(),
+        leadership: args.leadership.clone(),
+        workers: args.pool_workers,
+    };
+    let (p, _) = Actor::spawn_linked(None, SpirePool, pool_args, myself.get_cell()).await?;
+    Ok(p)
+}
+
+async fn spawn_leader(
+    myself: &ActorRef<RegistrarMsg>,
+    state: &mut RegistrarState,
+) -> Result<(), ActorProcessingErr> {
+    if let Some((config, tx)) = &state.args.election {
+        let args = LeaderArgs { client: state.args.client.clone(), config: config.clone(), tx: tx.clone() };
+        let (l, _) = Actor::spawn_linked(None, Leader, args, myself.get_cell()).await?;
+        state.children.insert(l.get_id(), (ChildKind::Leader, None));
+        state.leader = Some(l);
+    }
+    Ok(())
+}
+
+impl Actor for Registrar {
+    type Msg = RegistrarMsg;
+    type State = RegistrarState;
+    type Arguments = RegistrarArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RegistrarMsg>,
+        args: RegistrarArgs,
+    ) -> Result<RegistrarState, ActorProcessingErr> {
+        let pool = spawn_pool(&myself, &args).await?;
+        let mut rx = args.leadership.clone();
+        let me = myself.clone();
+        let leadership_task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let l = *rx.borrow_and_update();
+                if me.cast(RegistrarMsg::Leadership(l)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut state = RegistrarState {
+            args,
+            watchers: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            shards: BTreeMap::new(),
+            pool: PoolHandle::new(pool.clone()),
+            leader: None,
+            children: HashMap::new(),
+            restarts: VecDeque::new(),
+            bootstrapped: None,
+            leadership_task,
+        };
+        state.children.insert(pool.get_id(), (ChildKind::Pool, None));
+        for kind in state.kinds() {
+            spawn_watcher(&myself, &mut state, kind).await?;
+        }
+        spawn_leader(&myself, &mut state).await?;
+        myself.send_interval(state.args.resync_interval, || RegistrarMsg::ResyncTick);
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _: ActorRef<RegistrarMsg>, state: &mut RegistrarState) -> Result<(), ActorProcessingErr> {
+        state.leadership_task.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RegistrarMsg>,
+        msg: RegistrarMsg,
+        state: &mut RegistrarState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistrarMsg::NodesTouched(nodes) => {
+                if state.bootstrapped.is_none() {
+                    return Ok(()); // the initial read will cover every node
+                }
+                for node in nodes {
+                    let shard = match state.shards.get(&node) {
+                        Some(s) => s.clone(),
+                        None => spawn_shard(&myself, state, &node).await?,
+                    };
+                    let _ = shard.cast(ShardMsg::Sync);
+                }
+                metrics::gauge!("registrar_pods").set(state.args.cache.pod_count() as f64);
+            }
+            RegistrarMsg::AllNodesTouched => {
+                for shard in state.shards.values() {
+                    let _ = shard.cast(ShardMsg::Sync);
+                }
+            }
+            RegistrarMsg::WatcherSynced(kind) => {
+                tracing::info!(kind = kind.label(), "Initial list done.");
+                state.synced.insert(kind);
+                maybe_bootstrap(&myself, state).await;
+            }
+            RegistrarMsg::Leadership(l) => {
+                tracing::info!(leading = l.leading, epoch = l.epoch, "Leadership changed.");
+                if l.leading {
+                    maybe_bootstrap(&myself, state).await;
+                } else {
+                    state.bootstrapped = None;
+                }
+            }
+            RegistrarMsg::Bootstrap => maybe_bootstrap(&myself, state).await,
+            RegistrarMsg::ShardSynced { node, empty } => {
+                if empty && state.args.cache.node(&node).is_none() {
+                    // The node is gone and so are its entries: the shard has nothing left to own.
+                    if let Some(shard) = state.shards.remove(&node) {
+                        state.children.remove(&shard.get_id());
+                        shard.stop(Some("node deleted".into()));
+                        metrics::gauge!("registrar_shards").set(state.shards.len() as f64);
+                    }
+                }
+            }
+            RegistrarMsg::ResyncTick => {
+                for shard in state.shards.values() {
+                    let _ = shard.cast(ShardMsg::Resync);
+                }
+            }
+            RegistrarMsg::Shutdown(reply) => {
+                // Forget the children first so their termination is not mistaken for a crash.
+                state.children.clear();
+                if let Some(leader) = state.leader.take() {
+                    let released = leader.call(LeaderMsg::Release, Some(Duration::from_secs(5))).await;
+                    if !matches!(released, Ok(CallResult::Success(()))) {
+                        tracing::warn!("Could not release the leader lock; followers take over after it expires.");
+                    }
+                }
+                myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(20))).await;
+                let _ = reply.send(());
+            }
+            RegistrarMsg::Inject(target) => {
+                tracing::warn!(?target, "Injecting a fault (test hook).");
+                match target {
+                    FaultTarget::Watcher(k) => {
+                        if let Some(w) = state.watchers.get(&k) {
+                            w.cast(WatcherMsg::Fail)?;
+                        }
+                    }
+                    FaultTarget::Shard(n) => {
+                        if let Some(s) = state.shards.get(&n) {
+                            s.cast(ShardMsg::Fail)?;
+                        }
+                    }
+                    FaultTarget::Pool => state.pool.get().cast(PoolMsg::Fail(None))?,
+                    FaultTarget::SpireWorker(i) => state.pool.get().cast(PoolMsg::Fail(Some(i)))?,
+                    FaultTarget::Leader => {
+                        if let Some(l) = &state.leader {
+                            l.cast(LeaderMsg::Fail)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RegistrarMsg>,
+        evt: SupervisionEvent,
+        state: &mut RegistrarState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_string()))
+            }
+            _ => return Ok(()),
+        };
+        // Children we stopped on purpose were removed from `children` first.
+        let Some((kind, node)) = state.children.remove(&cell.get_id()) else { return Ok(()) };
+        let now = Instant::now();
+        state.restarts.push_back(now);
+        while state.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+            state.restarts.pop_front();
+        }
+        metrics::counter!("registrar_actor_restarts_total", "actor" => kind.label()).increment(1);
+        tracing::warn!(actor = kind.label(), node = node.as_deref(), error = %why, "Actor stopped; restarting it.");
+        if state.restarts.len() > RESTART_BUDGET {
+            return Err(format!("restart budget exhausted ({RESTART_BUDGET} in {RESTART_WINDOW:?}); last: {why}").into());
+        }
+        match kind {
+            ChildKind::Watcher(k) => {
+                state.watchers.remove(&k);
+                spawn_watcher(&myself, state, k).await?;
+            }
+            ChildKind::Shard => {
+                if let Some(node) = node {
+                    state.shards.remove(&node);
+                    spawn_shard(&myself, state, &node).await?;
+                }
+            }
+            ChildKind::Pool => {
+                let pool = spawn_pool(&myself, &state.args).await?;
+                state.children.insert(pool.get_id(), (ChildKind::Pool, None));
+                state.pool.set(pool);
+            }
+            ChildKind::Leader => spawn_leader(&myself, state).await?,
+        }
+        Ok(())
+    }
+}
+
+/// The one full read at start and on promotion; see the module docs.
+async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarState) {
+    let l = *state.args.leadership.borrow();
+    let all_synced = state.kinds().iter().all(|k| state.synced.contains(k));
+    if !all_synced {
+        return;
+    }
+    if !l.leading {
+        // A follower is ready as soon as its caches are warm: it could take over at once.
+        state.args.ready.store(true, Ordering::SeqCst);
+        return;
+    }
+    if state.bootstrapped == Some(l.epoch) {
+        return;
+    }
+    let pool = state.pool.get();
+    let reply = pool.call(|r| PoolMsg::List(ListFilter::default(), r), Some(Duration::from_secs(120))).await;
+    let entries = match reply {
+        Ok(CallResult::Success(Ok(e))) => e,
+        other => {
+            let why = match other {
+                Ok(CallResult::Success(Err(e))) => e,
+                _ => "SPIRE pool did not answer".to_string(),
+            };
+            tracing::warn!(error = %why, "Initial read of SPIRE entries failed; retrying in 2s.");
+            myself.send_after(Duration::from_secs(2), || RegistrarMsg::Bootstrap);
+            return;
+        }
+    };
+    let mut by_node: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    let naming = state.args.naming.clone();
+    for e in entries {
+        if let Some(node) = naming.node_of(&e.spec) {
+            by_node.entry(node).or_default().push(e);
+        }
+    }
+    let mut nodes: BTreeSet<String> = state.args.cache.node_names();
+    nodes.extend(by_node.keys().cloned());
+    tracing::info!(nodes = nodes.len(), owned_entries = by_node.values().map(Vec::len).sum::<usize>(), "Initial read done.");
+    for node in nodes {
+        let shard = match state.shards.get(&node) {
+            Some(s) => s.clone(),
+            None => match spawn_shard(myself, state, &node).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(node, error = %e, "Could not start node shard.");
+                    continue;
+                }
+            },
+        };
+        let _ = shard.cast(ShardMsg::Seed(by_node.remove(&node).unwrap_or_default()));
+    }
+    state.bootstrapped = Some(l.epoch);
+    state.args.ready.store(true, Ordering::SeqCst);
+}

@@ -1,0 +1,257 @@
+//! `NodeShard`: one per node; owns the SPIRE entries of that node — its node-alias entry and the
+//! entries of the pods scheduled on it (all parented to the node's alias ID).
+//!
+//! * Owns: `actual`, its last known copy of those entries in SPIRE (`None` = unknown, read it
+//!   before the next diff), and the set of identity problems already reported as Events.
+//! * Reads: the shared [`ClusterCache`] (pods on this node, the node, EndpointSlices).
+//! * Messages: the SPIRE pool (`List`, `Apply`); the registrar (`ShardSynced`).
+//!
+//! Desired state: if the node exists in the cache, its node entry plus one entry per pod on it
+//! that should have one (see `identity`); if the node does not exist, nothing — so deleting a node
+//! removes its alias entry and every pod entry under it.
+//!
+//! # Guarantees
+//! * A (re)started shard has no `actual`; it reads its entries from SPIRE (filtered by parent ID
+//!   and by its alias ID, never a full list) before it writes anything, so it converges from
+//!   whatever state SPIRE is in.
+//! * A sync with nothing changed makes no write call (the diff is empty).
+//! * Followers compute nothing and write nothing; writes carry the leadership epoch.
+//! * A failed write or read forgets `actual` and retries with backoff, re-reading SPIRE first.
+
+use std::{collections::HashSet, time::Duration};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
+
+use super::{
+    registrar::RegistrarMsg,
+    spire_pool::{OpOutcome, PoolMsg},
+};
+use crate::{
+    diff::diff,
+    identity::{IdentityError, Naming},
+    k8s::{cache::ClusterCache, events::EventSink},
+    leadership::LeadershipRx,
+    model::{Entry, EntrySpec},
+    spire::ListFilter,
+};
+
+/// Long enough for a batch against a slow server, short enough to notice a stuck worker.
+const POOL_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub enum ShardMsg {
+    /// Recompute desired state and write the difference (cheap when nothing changed).
+    Sync,
+    /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
+    Resync,
+    /// Initial state from the registrar's one full read at start or promotion.
+    Seed(Vec<Entry>),
+    /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
+    Fail,
+}
+
+/// Everything a shard needs, cloned from the registrar; cheap handles only.
+#[derive(Clone)]
+pub struct ShardArgs {
+    pub node: String,
+    pub naming: std::sync::Arc<Naming>,
+    pub cache: ClusterCache,
+    pub pool: super::PoolHandle,
+    pub leadership: LeadershipRx,
+    pub events: EventSink,
+    pub registrar: ActorRef<RegistrarMsg>,
+}
+
+pub struct NodeShard;
+
+pub struct ShardState {
+    args: ShardArgs,
+    actual: Option<Vec<Entry>>,
+    reported: HashSet<String>,
+    backoff: Duration,
+    retry_scheduled: bool,
+}
+
+impl Actor for NodeShard {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+        // Start converging right away; a restarted shard therefore rebuilds itself unasked.
+        myself.cast(ShardMsg::Sync)?;
+        Ok(ShardState {
+            args,
+            actual: None,
+            reported: HashSet::new(),
+            backoff: Duration::from_millis(500),
+            retry_scheduled: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Seed(entries) => {
+                state.actual = Some(entries);
+                sync(&myself, state).await;
+            }
+            ShardMsg::Sync => sync(&myself, state).await,
+            ShardMsg::Resync => {
+                state.retry_scheduled = false;
+                state.actual = None;
+                sync(&myself, state).await;
+            }
+            ShardMsg::Fail => return Err(format!("fault injected into shard {}", state.args.node).into()),
+        }
+        Ok(())
+    }
+}
+
+/// Desired entries for this shard's node, reporting (once per distinct problem) pods whose
+/// identity cannot be formed.
+async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
+    let a = &state.args;
+    let mut out = Vec::new();
+    let Some(node) = a.cache.node(&a.node) else { return out };
+    match a.naming.node_entry(&node) {
+        Ok(spec) => out.push(spec),
+        Err(e) => tracing::warn!(node = %a.node, error = %e, "Node gets no entry."),
+    }
+    let mut problems = Vec::new();
+    for pod in a.cache.pods_on(&a.node) {
+        let slices = if a.naming.pod_dns_zone.is_some() { a.cache.slices_in(&pod.namespace) } else { Vec::new() };
+        match a.naming.pod_entry_with_warnings(&pod, &slices) {
+            Ok(Some(d)) => {
+                for rejected in &d.rejected_dns_names {
+                    tracing::debug!(namespace = %pod.namespace, pod = %pod.name, reason = %rejected, "DNS name dropped.");
+                }
+                out.push(d.spec);
+            }
+            Ok(None) => {}
+            Err(e) => problems.push((pod, e)),
+        }
+    }
+    for (pod, e) in problems {
+        report(state, &pod.namespace, &pod.name, &pod.uid, e).await;
+    }
+    out
+}
+
+async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, e: IdentityError) {
+    let msg = e.to_string();
+    metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label()).increment(1);
+    // One log line and one Event per distinct problem, not one per sync.
+    if state.reported.insert(format!("{uid}|{msg}")) {
+        tracing::warn!(namespace, pod = name, error = %msg, "Pod gets no SPIFFE identity.");
+        state.args.events.pod_warning(namespace, name, uid, "InvalidSpiffeId", msg).await;
+    }
+}
+
+async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
+    let root = args.naming.root_id().map_err(|e| e.to_string())?;
+    let alias = root.join(&[&args.node]).map_err(|e| e.to_string())?;
+    let pool = args.pool.get();
+    let list = |filter: ListFilter| {
+        let pool = pool.clone();
+        async move {
+            match pool.call(|reply| PoolMsg::List(filter, reply), Some(POOL_TIMEOUT)).await {
+                Ok(CallResult::Success(r)) => r,
+                Ok(_) => Err("SPIRE pool did not answer".to_string()),
+                Err(e) => Err(format!("SPIRE pool unavailable: {e}")),
+            }
+        }
+    };
+    let mut entries = list(ListFilter { by_parent_id: Some(alias.clone()), ..Default::default() }).await?;
+    let node_entries = list(ListFilter { by_spiffe_id: Some(alias), ..Default::default() }).await?;
+    entries.extend(node_entries.into_iter().filter(|e| e.spec.parent_id == args.naming.server_id()));
+    // Only entries this shard owns; ownership is exact (see `Naming::owns`).
+    entries.retain(|e| args.naming.node_of(&e.spec).as_deref() == Some(args.node.as_str()));
+    Ok(entries)
+}
+
+async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
+    let leadership = *state.args.leadership.borrow();
+    if !leadership.leading {
+        // Followers keep nothing that could go stale: a promotion re-seeds every shard.
+        state.actual = None;
+        return;
+    }
+    let start = std::time::Instant::now();
+    let actual = match state.actual.take() {
+        Some(a) => a,
+        None => match read_actual(&state.args).await {
+            Ok(a) => a,
+            Err(e) => return retry_later(myself, state, &e),
+        },
+    };
+    let want = desired(state).await;
+    let ops = diff(&want, &actual);
+    if ops.is_empty() {
+        state.actual = Some(actual);
+        finish(state, start);
+        return;
+    }
+    tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
+    metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
+    let pool = state.args.pool.get();
+    let reply = pool
+        .call(
+            |reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply },
+            Some(POOL_TIMEOUT),
+        )
+        .await;
+    let outcomes = match reply {
+        Ok(CallResult::Success(Ok(outcomes))) => outcomes,
+        Ok(CallResult::Success(Err(e))) => return retry_later(myself, state, &e.to_string()),
+        Ok(_) => return retry_later(myself, state, "SPIRE pool did not answer"),
+        Err(e) => return retry_later(myself, state, &format!("SPIRE pool unavailable: {e}")),
+    };
+    let mut next = actual;
+    let mut failed = false;
+    for o in outcomes {
+        match o {
+            OpOutcome::Created(e) => next.push(e),
+            OpOutcome::Updated(e) => {
+                next.retain(|x| x.id != e.id);
+                next.push(e);
+            }
+            OpOutcome::Deleted(id) => next.retain(|x| x.id != id),
+            OpOutcome::Failed { op, error } => {
+                failed = true;
+                tracing::warn!(node = %state.args.node, op, error = %error, "SPIRE rejected an entry change.");
+            }
+        }
+    }
+    if failed {
+        // Some change did not land; re-read SPIRE later rather than trusting a partial picture.
+        return retry_later(myself, state, "some entry changes failed");
+    }
+    state.actual = Some(next);
+    finish(state, start);
+}
+
+fn finish(state: &mut ShardState, start: std::time::Instant) {
+    state.backoff = Duration::from_millis(500);
+    metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
+    let empty = state.actual.as_ref().is_some_and(Vec::is_empty);
+    let _ = state
+        .args
+        .registrar
+        .cast(RegistrarMsg::ShardSynced { node: state.args.node.clone(), empty });
+}
+
+fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
+    tracing::warn!(node = %state.args.node, error = why, retry_in = ?state.backoff, "Node sync failed; will retry.");
+    metrics::counter!("registrar_sync_failures_total").increment(1);
+    state.actual = None;
+    if !state.retry_scheduled {
+        state.retry_scheduled = true;
+        myself.send_after(state.backoff, || ShardMsg::Resync);
+    }
+    state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+}

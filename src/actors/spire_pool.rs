@@ -1,0 +1,257 @@
+//! `SpirePool`: a small pool of `SpireWorker` actors, each owning one SPIRE client (one HTTP/2
+//! channel), that perform the registrar's SPIRE reads and writes.
+//!
+//! * Owns: the workers and the round-robin cursor. Supervises the workers: a worker that fails
+//!   is replaced on its own; requests it was handling fail back to their caller (the reply port
+//!   is dropped), which retries.
+//! * Receives: `List` and `Apply` from shards and from the registrar; `Fail` (fault injection).
+//! * Messages nobody: replies go straight from the worker to the caller's reply port.
+//!
+//! # Fencing
+//! Every `Apply` carries the leadership epoch under which its ops were computed. A worker checks
+//! the current [`Leadership`](crate::leadership::Leadership) immediately before each batch call
+//! and refuses the rest of the ops once this replica is no longer leading in that epoch, so a
+//! deposed leader's queued writes never reach SPIRE.
+
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::{
+    diff::EntryOp,
+    leadership::LeadershipRx,
+    model::Entry,
+    spire::{ItemError, ListFilter, SpireClient},
+};
+
+/// Why an `Apply` did not run (or stopped part-way).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    #[error("not the leader in epoch {0}; write refused")]
+    Fenced(u64),
+    #[error("{0}")]
+    Spire(String),
+}
+
+/// What happened to one op of an `Apply`, in op order.
+#[derive(Debug, Clone)]
+pub enum OpOutcome {
+    Created(Entry),
+    Updated(Entry),
+    Deleted(String),
+    Failed { op: &'static str, error: ItemError },
+}
+
+pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
+
+pub enum PoolMsg {
+    List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    Apply { ops: Vec<EntryOp>, epoch: u64, reply: RpcReplyPort<ApplyReply> },
+    /// Test-only fault injection: `None` fails the pool itself, `Some(i)` worker `i`.
+    Fail(Option<usize>),
+}
+
+pub struct PoolArgs {
+    pub client: SpireClient,
+    pub leadership: LeadershipRx,
+    pub workers: usize,
+}
+
+pub struct SpirePool;
+
+pub struct PoolState {
+    args_client: SpireClient,
+    leadership: LeadershipRx,
+    workers: Vec<ActorRef<WorkerMsg>>,
+    next: usize,
+}
+
+impl PoolState {
+    fn pick(&mut self) -> ActorRef<WorkerMsg> {
+        self.next = (self.next + 1) % self.workers.len();
+        self.workers[self.next].clone()
+    }
+}
+
+async fn spawn_worker(
+    pool: &ActorRef<PoolMsg>,
+    client: &SpireClient,
+    leadership: &LeadershipRx,
+) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
+    let (worker, _) = Actor::spawn_linked(
+        None,
+        SpireWorker,
+        WorkerArgs { client: client.clone(), leadership: leadership.clone() },
+        pool.get_cell(),
+    )
+    .await?;
+    Ok(worker)
+}
+
+impl Actor for SpirePool {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(&self, myself: ActorRef<PoolMsg>, args: PoolArgs) -> Result<PoolState, ActorProcessingErr> {
+        let mut workers = Vec::new();
+        for _ in 0..args.workers.max(1) {
+            workers.push(spawn_worker(&myself, &args.client, &args.leadership).await?);
+        }
+        Ok(PoolState { args_client: args.client, leadership: args.leadership, workers, next: 0 })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::List(filter, reply) => state.pick().cast(WorkerMsg::List(filter, reply))?,
+            PoolMsg::Apply { ops, epoch, reply } => state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?,
+            PoolMsg::Fail(None) => return Err("fault injected into the SPIRE pool".into()),
+            PoolMsg::Fail(Some(i)) => {
+                if let Some(w) = state.workers.get(i % state.workers.len().max(1)) {
+                    w.cast(WorkerMsg::Fail)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        evt: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let dead = match &evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::warn!(actor = "spire_worker", error = %err, "SPIRE worker failed; restarting it.");
+                Some(cell.get_id())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
+            _ => None,
+        };
+        if let Some(id) = dead
+            && let Some(i) = state.workers.iter().position(|w| w.get_id() == id)
+        {
+            metrics::counter!("registrar_actor_restarts_total", "actor" => "spire_worker").increment(1);
+            state.workers[i] = spawn_worker(&myself, &state.args_client, &state.leadership).await?;
+        }
+        Ok(())
+    }
+}
+
+// === SpireWorker ===
+
+pub enum WorkerMsg {
+    List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    Apply { ops: Vec<EntryOp>, epoch: u64, reply: RpcReplyPort<ApplyReply> },
+    Fail,
+}
+
+pub struct WorkerArgs {
+    client: SpireClient,
+    leadership: LeadershipRx,
+}
+
+/// One SPIRE client; handles one request at a time.
+pub struct SpireWorker;
+
+impl Actor for SpireWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(&self, _: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::List(filter, reply) => {
+                let result = state.client.list_entries(&filter).await.map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            WorkerMsg::Apply { ops, epoch, reply } => {
+                let _ = reply.send(apply(&state.client, &state.leadership, ops, epoch).await);
+            }
+            WorkerMsg::Fail => return Err("fault injected into a SPIRE worker".into()),
+        }
+        Ok(())
+    }
+}
+
+fn fenced(leadership: &LeadershipRx, epoch: u64) -> bool {
+    let now = *leadership.borrow();
+    !(now.leading && now.epoch == epoch)
+}
+
+/// Deletes first (they can only reduce conflicts), then updates, then creates; each kind in
+/// batches, with the fencing check before every batch.
+async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp>, epoch: u64) -> ApplyReply {
+    let start = Instant::now();
+    let mut deletes = Vec::new();
+    let mut updates = Vec::new();
+    let mut creates = Vec::new();
+    for op in ops {
+        match op {
+            EntryOp::Delete { id } => deletes.push(id),
+            EntryOp::Update { id, spec } => updates.push(Entry { id, spec }),
+            EntryOp::Create(spec) => creates.push(spec),
+        }
+    }
+    let mut out = Vec::new();
+    let spire_err = |e: crate::spire::Error| ApplyError::Spire(e.to_string());
+    if !deletes.is_empty() {
+        if fenced(leadership, epoch) {
+            return Err(ApplyError::Fenced(epoch));
+        }
+        for (id, r) in deletes.iter().zip(client.delete_entries(&deletes).await.map_err(spire_err)?) {
+            out.push(match r {
+                Ok(()) => OpOutcome::Deleted(id.clone()),
+                Err(error) => OpOutcome::Failed { op: "delete", error },
+            });
+        }
+    }
+    if !updates.is_empty() {
+        if fenced(leadership, epoch) {
+            return Err(ApplyError::Fenced(epoch));
+        }
+        for r in client.update_entries(&updates).await.map_err(spire_err)? {
+            out.push(match r {
+                Ok(e) => OpOutcome::Updated(e),
+                Err(error) => OpOutcome::Failed { op: "update", error },
+            });
+        }
+    }
+    if !creates.is_empty() {
+        if fenced(leadership, epoch) {
+            return Err(ApplyError::Fenced(epoch));
+        }
+        for r in client.create_entries(&creates).await.map_err(spire_err)? {
+            out.push(match r {
+                Ok(e) => OpOutcome::Created(e),
+                Err(error) => OpOutcome::Failed { op: "create", error },
+            });
+        }
+    }
+    for o in &out {
+        let (op, outcome) = match o {
+            OpOutcome::Created(_) => ("create", "ok"),
+            OpOutcome::Updated(_) => ("update", "ok"),
+            OpOutcome::Deleted(_) => ("delete", "ok"),
+            OpOutcome::Failed { op, .. } => (*op, "failed"),
+        };
+        metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome).increment(1);
+    }
+    metrics::histogram!("registrar_apply_duration_seconds").record(start.elapsed().as_secs_f64());
+    Ok(out)
+}

@@ -1,0 +1,237 @@
+//! `Watcher`: one per resource kind (Pods, Nodes, EndpointSlices). Runs a kube-runtime watcher
+//! (list + watch with backoff, no streaming lists), strips each object to the core's plain data,
+//! keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
+//!
+//! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer.
+//! * Messages: the registrar (`NodesTouched`, `NodeGone`, `AllNodesTouched`, `WatcherSynced`).
+//!
+//! # Guarantees
+//! * After a (re)list, objects missing from the new list are removed from the cache, so deletes
+//!   missed while the stream was down (or while this actor was restarting) are not lost.
+//! * If the stream ends, the actor fails and its supervisor restarts it, which relists.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api,
+    runtime::{WatchStreamExt, watcher},
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::registrar::RegistrarMsg;
+use crate::{
+    identity::{EndpointSliceInfo, NodeInfo, PodInfo},
+    k8s::{cache::ClusterCache, convert},
+};
+
+/// The kinds the registrar watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WatchKind {
+    Pods,
+    Nodes,
+    EndpointSlices,
+}
+
+impl WatchKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            WatchKind::Pods => "pods",
+            WatchKind::Nodes => "nodes",
+            WatchKind::EndpointSlices => "endpointslices",
+        }
+    }
+}
+
+/// A stripped object or a change, as produced by the stream task.
+pub enum Delta {
+    Pod(PodInfo),
+    PodGone { namespace: String, name: String },
+    Pods(Vec<PodInfo>),
+    Node(NodeInfo),
+    NodeGone(String),
+    Nodes(Vec<NodeInfo>),
+    Slice(String, EndpointSliceInfo),
+    SliceGone { namespace: String, name: String },
+    Slices(Vec<(String, EndpointSliceInfo)>),
+}
+
+pub enum WatcherMsg {
+    Delta(Delta),
+    StreamEnded,
+    /// Test-only fault injection.
+    Fail,
+}
+
+#[derive(Clone)]
+pub struct WatcherArgs {
+    pub kind: WatchKind,
+    pub client: kube::Client,
+    pub cache: ClusterCache,
+    pub registrar: ActorRef<RegistrarMsg>,
+}
+
+pub struct Watcher;
+
+pub struct WatcherState {
+    args: WatcherArgs,
+    task: JoinHandle<()>,
+    synced: bool,
+}
+
+impl Actor for Watcher {
+    type Msg = WatcherMsg;
+    type State = WatcherState;
+    type Arguments = WatcherArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WatcherMsg>, args: WatcherArgs) -> Result<WatcherState, ActorProcessingErr> {
+        let task = match args.kind {
+            WatchKind::Pods => spawn_stream::<Pod>(&args.client, myself, |ev| match ev {
+                Ev::Apply(p) => convert::pod_info(&p).map(Delta::Pod),
+                Ev::Delete(p) => Some(Delta::PodGone {
+                    namespace: p.metadata.namespace.clone()?,
+                    name: p.metadata.name.clone()?,
+                }),
+                Ev::Relist(ps) => Some(Delta::Pods(ps.iter().filter_map(convert::pod_info).collect())),
+            }),
+            WatchKind::Nodes => spawn_stream::<Node>(&args.client, myself, |ev| match ev {
+                Ev::Apply(n) => convert::node_info(&n).map(Delta::Node),
+                Ev::Delete(n) => n.metadata.name.clone().map(Delta::NodeGone),
+                Ev::Relist(ns) => Some(Delta::Nodes(ns.iter().filter_map(convert::node_info).collect())),
+            }),
+            WatchKind::EndpointSlices => spawn_stream::<EndpointSlice>(&args.client, myself, |ev| match ev {
+                Ev::Apply(s) => Some(Delta::Slice(s.metadata.name.clone()?, convert::slice_info(&s)?)),
+                Ev::Delete(s) => Some(Delta::SliceGone {
+                    namespace: s.metadata.namespace.clone()?,
+                    name: s.metadata.name.clone()?,
+                }),
+                Ev::Relist(ss) => Some(Delta::Slices(
+                    ss.iter()
+                        .filter_map(|s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)))
+                        .collect(),
+                )),
+            }),
+        };
+        Ok(WatcherState { args, task, synced: false })
+    }
+
+    async fn post_stop(&self, _: ActorRef<WatcherMsg>, state: &mut WatcherState) -> Result<(), ActorProcessingErr> {
+        state.task.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WatcherMsg>,
+        msg: WatcherMsg,
+        state: &mut WatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        let kind = state.args.kind;
+        match msg {
+            WatcherMsg::Delta(delta) => {
+                metrics::counter!("registrar_objects_processed_total", "kind" => kind.label()).increment(1);
+                let relist = matches!(delta, Delta::Pods(_) | Delta::Nodes(_) | Delta::Slices(_));
+                apply(&state.args, delta)?;
+                if relist && !state.synced {
+                    state.synced = true;
+                    state.args.registrar.cast(RegistrarMsg::WatcherSynced(kind))?;
+                }
+            }
+            WatcherMsg::StreamEnded => return Err(format!("{} watch stream ended", kind.label()).into()),
+            WatcherMsg::Fail => return Err(format!("fault injected into the {} watcher", kind.label()).into()),
+        }
+        Ok(())
+    }
+}
+
+fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
+    let cache = &args.cache;
+    let touched: BTreeSet<String> = match delta {
+        Delta::Pod(p) => cache.upsert_pod(p),
+        Delta::PodGone { namespace, name } => cache.remove_pod(&namespace, &name),
+        Delta::Pods(ps) => cache.replace_pods(ps),
+        Delta::Node(n) => {
+            let name = n.name.clone();
+            cache.upsert_node(n);
+            BTreeSet::from([name])
+        }
+        Delta::NodeGone(name) => {
+            cache.remove_node(&name);
+            BTreeSet::from([name])
+        }
+        Delta::Nodes(ns) => cache.replace_nodes(ns),
+        Delta::Slice(name, s) => {
+            let ns = s.namespace.clone();
+            cache.upsert_slice(&name, s);
+            cache.nodes_with_pods_in(&ns)
+        }
+        Delta::SliceGone { namespace, name } => {
+            cache.remove_slice(&namespace, &name);
+            cache.nodes_with_pods_in(&namespace)
+        }
+        Delta::Slices(ss) => {
+            cache.replace_slices(ss);
+            args.registrar.cast(RegistrarMsg::AllNodesTouched)?;
+            BTreeSet::new()
+        }
+    };
+    if !touched.is_empty() {
+        args.registrar.cast(RegistrarMsg::NodesTouched(touched))?;
+    }
+    Ok(())
+}
+
+/// A raw watcher event, before stripping.
+enum Ev<K> {
+    Apply(K),
+    Delete(K),
+    Relist(Vec<K>),
+}
+
+fn spawn_stream<K>(
+    client: &kube::Client,
+    myself: ActorRef<WatcherMsg>,
+    strip: impl Fn(Ev<K>) -> Option<Delta> + Send + 'static,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    tokio::spawn(async move {
+        // Classic list+watch (no streaming lists), with kube's default backoff on errors.
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut relist = Vec::new();
+        while let Some(event) = stream.next().await {
+            let delta = match event {
+                Ok(watcher::Event::Init) => {
+                    relist.clear();
+                    None
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    relist.push(obj);
+                    None
+                }
+                Ok(watcher::Event::InitDone) => strip(Ev::Relist(std::mem::take(&mut relist))),
+                Ok(watcher::Event::Apply(obj)) => strip(Ev::Apply(obj)),
+                Ok(watcher::Event::Delete(obj)) => strip(Ev::Delete(obj)),
+                Err(e) => {
+                    tracing::warn!(kind = std::any::type_name::<K>(), error = %e, "Watch error; retrying.");
+                    metrics::counter!("registrar_watch_errors_total").increment(1);
+                    None
+                }
+            };
+            if let Some(delta) = delta
+                && myself.cast(WatcherMsg::Delta(delta)).is_err()
+            {
+                return;
+            }
+        }
+        let _ = myself.cast(WatcherMsg::StreamEnded);
+    })
+}

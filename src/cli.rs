@@ -1,0 +1,289 @@
+//! Command-line parsing: turns the process arguments into a [`Command`]. Pure (no I/O, no
+//! environment), so every accepted form is unit-tested; `main` does the printing and exiting.
+//!
+//! The flag spellings of the Go registrar (`-config FILE`, `-version`) keep working, so existing
+//! Deployments need no change; the GNU forms (`--config FILE`, `--config=FILE`) are accepted too.
+//! A hand-written parser is enough for one flag and two subcommands and keeps clap out of the
+//! build.
+
+use std::path::PathBuf;
+
+/// The configuration file used when `-config` is not given (relative to the working directory,
+/// as in the original).
+pub const DEFAULT_CONFIG_PATH: &str = "k8s-workload-registrar.conf";
+
+/// What the process was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Load the configuration and run the registrar (the default).
+    Run {
+        config: PathBuf,
+    },
+    /// Load and validate the configuration, print the effective configuration, exit.
+    Validate {
+        config: PathBuf,
+    },
+    /// Run the registrar against a local embedded test stack.
+    Demo,
+    Help,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    #[error("unknown flag {0:?}{hint} (see --help)", hint = flag_hint(.0))]
+    UnknownFlag(String),
+    #[error("flag {0:?} needs a value: the path of the configuration file")]
+    MissingValue(String),
+    #[error("unexpected argument {0:?}; commands are \"run\", \"validate\" and \"demo\" (see --help)")]
+    UnexpectedArgument(String),
+    #[error("the configuration file is given more than once")]
+    RepeatedConfig,
+    #[error("the demo command uses its own built-in configuration and takes no -config flag")]
+    ConfigWithDemo,
+}
+
+/// Points users of the Go registrar's controller-runtime flags at what replaces them.
+fn flag_hint(flag: &str) -> &'static str {
+    match flag.trim_start_matches('-').split('=').next() {
+        Some("kubeconfig") => "; set the KUBECONFIG environment variable instead",
+        _ => "",
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
+    #[derive(PartialEq)]
+    enum Sub {
+        Run,
+        Validate,
+        Demo,
+    }
+    let mut sub: Option<Sub> = None;
+    let mut config: Option<PathBuf> = None;
+    let mut args = args.into_iter();
+
+    while let Some(arg) = args.next() {
+        if !arg.starts_with('-') || arg == "-" {
+            sub = match (arg.as_str(), &sub) {
+                ("run", None) => Some(Sub::Run),
+                ("validate", None) => Some(Sub::Validate),
+                ("demo", None) => Some(Sub::Demo),
+                _ => return Err(CliError::UnexpectedArgument(arg)),
+            };
+            continue;
+        }
+        // Go's flag package treats `-x` and `--x` alike; so do we.
+        let (name, inline) = match arg.trim_start_matches('-').split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.trim_start_matches('-').to_string(), None),
+        };
+        match (name.as_str(), inline) {
+            ("h" | "help", None) => return Ok(Command::Help),
+            ("version", None) => return Ok(Command::Version),
+            ("config", value) => {
+                let value = match value {
+                    Some(v) => v,
+                    // A following flag is not a file name: `-config -h` is a mistake.
+                    None => args
+                        .next()
+                        .filter(|v| !v.starts_with('-'))
+                        .ok_or_else(|| CliError::MissingValue(arg.clone()))?,
+                };
+                if value.is_empty() {
+                    return Err(CliError::MissingValue(arg));
+                }
+                if config.replace(PathBuf::from(value)).is_some() {
+                    return Err(CliError::RepeatedConfig);
+                }
+            }
+            _ => return Err(CliError::UnknownFlag(arg)),
+        }
+    }
+
+    let path = || {
+        config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    };
+    match sub {
+        None | Some(Sub::Run) => Ok(Command::Run { config: path() }),
+        Some(Sub::Validate) => Ok(Command::Validate { config: path() }),
+        Some(Sub::Demo) if config.is_some() => Err(CliError::ConfigWithDemo),
+        Some(Sub::Demo) => Ok(Command::Demo),
+    }
+}
+
+/// The `--help` text.
+pub const USAGE: &str = "\
+k8s-workload-registrar: keeps a SPIRE server's registration entries equal to what the
+Kubernetes cluster's workloads should have.
+
+USAGE:
+    k8s-workload-registrar [run] [-config FILE]     run the registrar (default command)
+    k8s-workload-registrar validate [-config FILE]  check FILE, print the effective config as JSON
+    k8s-workload-registrar demo                     run against a local embedded test stack
+    k8s-workload-registrar -version                 print the version
+    k8s-workload-registrar -help                    print this help
+
+FLAGS:
+    -config FILE   HCL configuration file [default: k8s-workload-registrar.conf]
+                   (also --config FILE, -config=FILE, --config=FILE)
+    -h, -help      print this help (also --help)
+    -version       print the version (also --version)
+
+CONFIGURATION (HCL; unknown keys and keys of another mode are errors):
+  all modes:
+    trust_domain          required, e.g. \"example.org\" (or \"spiffe://example.org\")
+    cluster               required; cluster name of the k8s_psat node attestor
+    server_socket_path    SPIRE server API socket path, or
+    server_address        \"unix://<path>\" or \"host:port\" (then agent_socket_path is required);
+                          give exactly one of the two
+    agent_socket_path     SPIRE agent Workload API socket (for mTLS to a TCP server)
+    mode                  \"webhook\" | \"reconcile\" | \"crd\"          [\"webhook\"]
+    pod_label             take the ID from this pod label        } at most one;
+    pod_annotation        take the ID from this pod annotation   } default: service account
+    disabled_namespaces   [\"kube-system\", \"kube-public\"]; [] disables none
+    log_level             panic|fatal|error|warn|info|debug|trace  [\"info\"]
+    log_format            \"text\" | \"json\"                        [\"text\"]
+    log_path              log to this file instead of stderr
+    resync_interval       full resync period, e.g. \"30s\", \"5m\"   [\"60s\"]
+  webhook mode:
+    addr [\":8443\"]  cert_path [\"cert.pem\"]  key_path [\"key.pem\"]  cacert_path [\"cacert.pem\"]
+    insecure_skip_client_verification [false]  metrics_addr [\":8080\"; \"0\" disables]
+  reconcile mode:
+    leader_election [false]  leader_election_resource_lock [\"configmaps\" | \"leases\"]
+    leader_election_namespace [own namespace]  metrics_addr [\":8080\"; \"0\" disables]
+    controller_name [\"spire-k8s-registrar\"]  add_pod_dns_names [false]
+    cluster_dns_zone [\"cluster.local\"]
+  crd mode:
+    add_svc_dns_name [true]  pod_controller [true]  leader_election [false]
+    leader_election_resource_lock [\"configmaps\"]  leader_election_namespace [own namespace]
+    metrics_bind_addr [\":8080\"; \"0\" disables]  webhook_enabled [false]
+    webhook_cert_dir [\"/run/spire/serving-certs\"]  webhook_port [9443]
+    webhook_service_name [\"k8s-workload-registrar\"]  identity_template  identity_template_label
+    dns_name_templates [[\"{{.Pod.Name}}\"]]  context { Key = \"value\" }
+
+ENVIRONMENT:
+    KUBECONFIG   kubeconfig file to use; otherwise the in-cluster configuration
+    RUST_LOG     tracing filter (e.g. \"info,k8s_workload_registrar=debug\"); overrides log_level
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, CliError> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    fn run(path: &str) -> Command {
+        Command::Run {
+            config: PathBuf::from(path),
+        }
+    }
+
+    fn validate(path: &str) -> Command {
+        Command::Validate {
+            config: PathBuf::from(path),
+        }
+    }
+
+    #[test]
+    fn accepted_forms() {
+        let cases: &[(&[&str], Command)] = &[
+            (&[], run(DEFAULT_CONFIG_PATH)),
+            (&["run"], run(DEFAULT_CONFIG_PATH)),
+            (&["-config", "a.conf"], run("a.conf")),
+            (&["--config", "a.conf"], run("a.conf")),
+            (&["-config=a.conf"], run("a.conf")),
+            (&["--config=a.conf"], run("a.conf")),
+            (&["--config=x=y.conf"], run("x=y.conf")),
+            (&["run", "-config", "a.conf"], run("a.conf")),
+            (&["validate"], validate(DEFAULT_CONFIG_PATH)),
+            (&["validate", "-config", "b.conf"], validate("b.conf")),
+            (&["validate", "--config=b.conf"], validate("b.conf")),
+            (&["-config", "b.conf", "validate"], validate("b.conf")),
+            (&["demo"], Command::Demo),
+            (&["-h"], Command::Help),
+            (&["-help"], Command::Help),
+            (&["--help"], Command::Help),
+            (&["validate", "--help"], Command::Help),
+            (&["-version"], Command::Version),
+            (&["--version"], Command::Version),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(parse(args).as_ref(), Ok(expected), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn rejected_forms() {
+        let cases: &[(&[&str], CliError, &str)] = &[
+            (
+                &["-verbose"],
+                CliError::UnknownFlag("-verbose".into()),
+                "\"-verbose\"",
+            ),
+            (
+                &["validate", "--nope"],
+                CliError::UnknownFlag("--nope".into()),
+                "\"--nope\"",
+            ),
+            (
+                &["-kubeconfig", "k"],
+                CliError::UnknownFlag("-kubeconfig".into()),
+                "KUBECONFIG",
+            ),
+            (
+                &["-config"],
+                CliError::MissingValue("-config".into()),
+                "needs a value",
+            ),
+            (
+                &["-config", "-h"],
+                CliError::MissingValue("-config".into()),
+                "needs a value",
+            ),
+            (
+                &["--config="],
+                CliError::MissingValue("--config=".into()),
+                "needs a value",
+            ),
+            (
+                &["-version=1"],
+                CliError::UnknownFlag("-version=1".into()),
+                "unknown flag",
+            ),
+            (
+                &["frobnicate"],
+                CliError::UnexpectedArgument("frobnicate".into()),
+                "\"frobnicate\"",
+            ),
+            (
+                &["validate", "demo"],
+                CliError::UnexpectedArgument("demo".into()),
+                "\"demo\"",
+            ),
+            (
+                &["-config", "a", "-config", "b"],
+                CliError::RepeatedConfig,
+                "more than once",
+            ),
+            (&["demo", "-config", "a"], CliError::ConfigWithDemo, "demo"),
+        ];
+        for (args, expected, needle) in cases {
+            let got = parse(args);
+            assert_eq!(got.as_ref(), Err(expected), "{args:?}");
+            assert!(expected.to_string().contains(needle), "{expected}");
+        }
+    }
+
+    #[test]
+    fn usage_mentions_every_config_key_and_environment() {
+        let fixed = ["-config", "validate", "demo", "KUBECONFIG", "RUST_LOG"];
+        for needle in fixed.into_iter().chain(crate::config::known_keys()) {
+            assert!(USAGE.contains(needle), "USAGE lacks {needle}");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The registrar's shared view of the cluster: stripped pods (indexed by node), nodes and
+//! EndpointSlices. Watchers are the only writers; shards read it when they compute desired state.
+//!
+//! # Guarantees
+//! * A key is present exactly when the last event the watcher applied said the object exists;
+//!   after a relist, objects missing from the new list are removed (`replace_*`).
+//! * Readers get owned copies, never references held across awaits.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use crate::identity::{EndpointSliceInfo, NodeInfo, PodInfo};
+
+type PodKey = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    pods: HashMap<PodKey, PodInfo>,
+    pods_by_node: HashMap<String, BTreeSet<PodKey>>,
+    nodes: BTreeMap<String, NodeInfo>,
+    /// (namespace, slice name) → slice
+    slices: HashMap<(String, String), EndpointSliceInfo>,
+}
+
+/// Cheap to clone; all clones share one cache.
+#[derive(Clone, Default)]
+pub struct ClusterCache {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl ClusterCache {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces a pod; returns the nodes whose desired state may have changed
+    /// (the old and the new node).
+    pub fn upsert_pod(&self, pod: PodInfo) -> BTreeSet<String> {
+        let mut inner = self.write();
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let mut touched = BTreeSet::new();
+        if let Some(old) = inner.pods.remove(&key)
+            && let Some(n) = old.node_name
+        {
+            if let Some(set) = inner.pods_by_node.get_mut(&n) {
+                set.remove(&key);
+            }
+            touched.insert(n);
+        }
+        if let Some(n) = &pod.node_name {
+            inner
+                .pods_by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(key.clone());
+            touched.insert(n.clone());
+        }
+        inner.pods.insert(key, pod);
+        touched
+    }
+
+    /// Removes a pod; returns its node if it had one.
+    pub fn remove_pod(&self, namespace: &str, name: &str) -> BTreeSet<String> {
+        let mut inner = self.write();
+        let key = (namespace.to_string(), name.to_string());
+        let mut touched = BTreeSet::new();
+        if let Some(old) = inner.pods.remove(&key)
+            && let Some(n) = old.node_name
+        {
+            if let Some(set) = inner.pods_by_node.get_mut(&n) {
+                set.remove(&key);
+            }
+            touched.insert(n);
+        }
+        touched
+    }
+
+    /// Replaces all pods after a (re)list; returns every node whose pods may have changed.
+    pub fn replace_pods(&self, pods: Vec<PodInfo>) -> BTreeSet<String> {
+        let mut touched: BTreeSet<String> = self.read().pods_by_node.keys().cloned().collect();
+        {
+            let mut inner = self.write();
+            inner.pods.clear();
+            inner.pods_by_node.clear();
+        }
+        for p in pods {
+            touched.extend(self.upsert_pod(p));
+        }
+        touched
+    }
+
+    pub fn pods_on(&self, node: &str) -> Vec<PodInfo> {
+        let inner = self.read();
+        inner
+            .pods_by_node
+            .get(node)
+            .map(|keys| keys.iter().filter_map(|k| inner.pods.get(k).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn upsert_node(&self, node: NodeInfo) {
+        self.write().nodes.insert(node.name.clone(), node);
+    }
+
+    pub fn remove_node(&self, name: &str) {
+        self.write().nodes.remove(name);
+    }
+
+    /// Replaces all nodes after a (re)list; returns the names of nodes before and after.
+    pub fn replace_nodes(&self, nodes: Vec<NodeInfo>) -> BTreeSet<String> {
+        let mut inner = self.write();
+        let mut touched: BTreeSet<String> = inner.nodes.keys().cloned().collect();
+        inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        touched.extend(inner.nodes.keys().cloned());
+        touched
+    }
+
+    pub fn node(&self, name: &str) -> Option<NodeInfo> {
+        self.read().nodes.get(name).cloned()
+    }
+
+    pub fn node_names(&self) -> BTreeSet<String> {
+        self.read().nodes.keys().cloned().collect()
+    }
+
+    pub fn upsert_slice(&self, name: &str, slice: EndpointSliceInfo) {
+        self.write()
+            .slices
+            .insert((slice.namespace.clone(), name.to_string()), slice);
+    }
+
+    pub fn remove_slice(&self, namespace: &str, name: &str) {
+        self.write()
+            .slices
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    pub fn replace_slices(&self, slices: Vec<(String, EndpointSliceInfo)>) {
+        self.write().slices = slices
+            .into_iter()
+            .map(|(name, s)| ((s.namespace.clone(), name), s))
+            .collect();
+    }
+
+    /// Slices of one namespace (DNS names only ever come from the pod's own namespace).
+    pub fn slices_in(&self, namespace: &str) -> Vec<EndpointSliceInfo> {
+        self.read()
+            .slices
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Nodes that run at least one pod in `namespace`.
+    pub fn nodes_with_pods_in(&self, namespace: &str) -> BTreeSet<String> {
+        self.read()
+            .pods
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .filter_map(|(_, p)| p.node_name.clone())
+            .collect()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.read().pods.len()
+    }
+}

@@ -1,0 +1,15 @@
+//! The Kubernetes side: turning API objects into the core's plain data ([`convert`]), the shared
+//! in-memory view of the cluster the shards read ([`cache`]), and Kubernetes Events ([`events`]).
+
+pub mod cache;
+pub mod convert;
+pub mod events;
+
+/// Errors of the Kubernetes boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("kubernetes client configuration: {0}")]
+    Config(String),
+}

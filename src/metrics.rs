@@ -1,0 +1,20 @@
+//! Metric names and their descriptions, in one place. Labels are bounded: kind, method,
+//! outcome, op, actor, reason — never pod names or UIDs.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub fn describe() {
+    describe_counter!("registrar_objects_processed_total", "Watch events applied, by kind.");
+    describe_counter!("registrar_entry_ops_total", "SPIRE entry writes, by op and outcome.");
+    describe_histogram!("spire_call_duration_seconds", "SPIRE API call latency, by method and outcome.");
+    describe_histogram!("registrar_reconcile_duration_seconds", "Duration of one node shard sync.");
+    describe_histogram!("registrar_apply_duration_seconds", "Duration of one batch of SPIRE writes.");
+    describe_gauge!("registrar_pending_ops", "Entry writes in the last non-empty shard sync.");
+    describe_gauge!("registrar_shards", "Node shards running.");
+    describe_gauge!("registrar_pods", "Pods in the cache.");
+    describe_counter!("registrar_actor_restarts_total", "Actor restarts after a failure, by actor kind.");
+    describe_gauge!("registrar_is_leader", "1 while this replica holds the leader lock.");
+    describe_counter!("registrar_invalid_identity_total", "Objects whose identity could not be formed, by reason.");
+    describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
+    describe_counter!("registrar_watch_errors_total", "Kubernetes watch errors (retried with backoff).");
+}

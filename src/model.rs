@@ -1,0 +1,58 @@
+//! The registrar's view of a SPIRE registration entry: what it wants (`EntrySpec`) and what SPIRE
+//! has (`Entry`). Pure data; the conversion to and from the wire types lives in `spire::convert`.
+
+use std::{collections::BTreeSet, fmt};
+
+use crate::id::SpiffeId;
+
+/// A SPIRE selector such as `k8s:ns:default` (`kind` = `k8s`, `value` = `ns:default`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selector {
+    pub kind: String,
+    pub value: String,
+}
+
+impl Selector {
+    pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { kind: kind.into(), value: value.into() }
+    }
+
+    /// `k8s:<value>`
+    pub fn k8s(value: impl Into<String>) -> Self {
+        Self::new("k8s", value)
+    }
+
+    /// `k8s_psat:<value>`
+    pub fn psat(value: impl Into<String>) -> Self {
+        Self::new("k8s_psat", value)
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Every field of an entry the registrar sets. Two specs are equal exactly when SPIRE needs no
+/// write to turn one into the other; this is what makes a no-change resync write nothing.
+///
+/// Invariants (upheld by the constructors in `identity`): `dns_names` are valid, trimmed and
+/// de-duplicated, in order (the first becomes the X.509-SVID common name); `federates_with` holds
+/// bare, valid trust-domain names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntrySpec {
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    pub selectors: BTreeSet<Selector>,
+    pub dns_names: Vec<String>,
+    pub federates_with: BTreeSet<String>,
+    pub downstream: bool,
+}
+
+/// An entry as it exists in SPIRE: its server-assigned ID plus the fields we compare.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Entry {
+    pub id: String,
+    pub spec: EntrySpec,
+}

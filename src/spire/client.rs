@@ -1,0 +1,280 @@
+//! A SPIRE Entry API client that speaks in model types.
+//!
+//! # Guarantees
+//! * Lists are always paged (`PAGE_SIZE`), so no response can exceed gRPC's 4 MiB limit.
+//! * Writes are split into batches (50 creates, 50 updates, 200 deletes, as
+//!   spire-controller-manager does) and return one result per input item, in input order.
+//! * `ALREADY_EXISTS` on create with the existing entry attached counts as success and returns
+//!   the existing entry; `NOT_FOUND` on delete counts as success (the goal state is reached).
+//! * `UNAVAILABLE` is retried with exponential backoff (`RETRIES` attempts); every call has a
+//!   deadline (`CALL_TIMEOUT`), so a stalled server cannot block a caller forever.
+//!
+//! Connecting is lazy: the channel dials on first use and redials after the server restarts,
+//! so the client survives SPIRE server restarts without being rebuilt.
+
+use std::{path::PathBuf, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use tonic::{Code, Request, Status, transport::Channel};
+
+use super::{
+    Error, Result,
+    convert::{entry_from_proto, id_to_proto, selector_to_proto, spec_to_proto},
+    proto::{
+        entry::{self as api, entry_client::EntryClient},
+        types,
+    },
+};
+use crate::{
+    id::SpiffeId,
+    model::{Entry, EntrySpec, Selector},
+};
+
+pub const PAGE_SIZE: i32 = 500;
+const CREATE_BATCH: usize = 50;
+const UPDATE_BATCH: usize = 50;
+const DELETE_BATCH: usize = 200;
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRIES: u32 = 5;
+
+/// Which entries to list. Filters are ANDed by the server.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub by_parent_id: Option<SpiffeId>,
+    pub by_spiffe_id: Option<SpiffeId>,
+    /// Entries whose selector set equals exactly this set.
+    pub by_selectors: Option<Vec<Selector>>,
+}
+
+/// Why one item of a batch failed, with SPIRE's code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ItemError {
+    pub code: Code,
+    pub message: String,
+}
+
+/// Cheap to clone: clones share one HTTP/2 channel.
+#[derive(Clone)]
+pub struct SpireClient {
+    inner: EntryClient<Channel>,
+    timeout: Duration,
+}
+
+impl SpireClient {
+    /// A client for the admin Unix socket at `path` (plaintext h2c; callers there count as
+    /// local admins). Does not dial until the first call.
+    pub fn unix(path: impl Into<PathBuf>) -> Result<Self> {
+        let path: PathBuf = path.into();
+        // The URI is a placeholder; the connector below decides where we dial.
+        let endpoint = tonic::transport::Endpoint::from_static("http://spire-server.local")
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }));
+        Ok(Self::from_channel(channel))
+    }
+
+    /// For an already-built channel (tests, or the TCP/mTLS path).
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            inner: EntryClient::new(channel),
+            timeout: CALL_TIMEOUT,
+        }
+    }
+
+    /// Overrides the per-call deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs one RPC with a deadline, retrying `UNAVAILABLE` with backoff, and records its latency
+    /// and outcome (bounded labels: method, outcome).
+    async fn call<Req, Resp, F, Fut>(&self, method: &'static str, req: Req, f: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(EntryClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        let start = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let mut request = Request::new(req.clone());
+            request.set_timeout(self.timeout);
+            match f(self.inner.clone(), request).await {
+                Ok(resp) => break Ok(resp.into_inner()),
+                Err(status) if status.code() == Code::Unavailable && attempt < RETRIES => {
+                    tracing::debug!(method, attempt, error = %status.message(), "SPIRE unavailable; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(status) => {
+                    break Err(Error::Rpc {
+                        method,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+            }
+        };
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(e) => e.metric_label(),
+        };
+        metrics::histogram!("spire_call_duration_seconds", "method" => method, "outcome" => label)
+            .record(start.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// All entries matching `filter`, following page tokens until the server says there are no
+    /// more. Entries the registrar cannot read (not expected from a real server) are an error
+    /// rather than silently dropped, so a caller never mistakes them for absent.
+    pub async fn list_entries(&self, filter: &ListFilter) -> Result<Vec<Entry>> {
+        let proto_filter = api::list_entries_request::Filter {
+            by_parent_id: filter.by_parent_id.as_ref().map(id_to_proto),
+            by_spiffe_id: filter.by_spiffe_id.as_ref().map(id_to_proto),
+            by_selectors: filter.by_selectors.as_ref().map(|s| types::SelectorMatch {
+                selectors: s.iter().map(selector_to_proto).collect(),
+                r#match: types::selector_match::MatchBehavior::MatchExact as i32,
+            }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = api::ListEntriesRequest {
+                filter: Some(proto_filter.clone()),
+                output_mask: None,
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let resp = self
+                .call(
+                    "ListEntries",
+                    req,
+                    |mut c, r| async move { c.list_entries(r).await },
+                )
+                .await?;
+            for e in &resp.entries {
+                out.push(entry_from_proto(e)?);
+            }
+            if resp.next_page_token.is_empty() || resp.entries.is_empty() {
+                break;
+            }
+            page_token = resp.next_page_token;
+        }
+        Ok(out)
+    }
+
+    /// Creates entries. For each input, `Ok(entry)` is the created entry, or the existing
+    /// "similar" entry (same parent, SPIFFE ID and selectors) when SPIRE answers ALREADY_EXISTS.
+    pub async fn create_entries(&self, specs: &[EntrySpec]) -> Result<Vec<Result<Entry, ItemError>>> {
+        let mut out = Vec::with_capacity(specs.len());
+        for chunk in specs.chunks(CREATE_BATCH) {
+            let req = api::BatchCreateEntryRequest {
+                entries: chunk.iter().map(|s| spec_to_proto("", s)).collect(),
+                output_mask: None,
+            };
+            let resp = self
+                .call("BatchCreateEntry", req, |mut c, r| async move {
+                    c.batch_create_entry(r).await
+                })
+                .await?;
+            check_count("BatchCreateEntry", chunk.len(), resp.results.len())?;
+            for r in resp.results {
+                let status = r.status.unwrap_or_default();
+                let code = Code::from_i32(status.code);
+                out.push(match (code, r.entry) {
+                    (Code::Ok | Code::AlreadyExists, Some(e)) => Ok(entry_from_proto(&e)?),
+                    _ => Err(ItemError {
+                        code,
+                        message: status.message,
+                    }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overwrites entries (no input mask: every field is replaced, so the request carries the
+    /// complete entry). One result per input.
+    pub async fn update_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry, ItemError>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(UPDATE_BATCH) {
+            let req = api::BatchUpdateEntryRequest {
+                entries: chunk.iter().map(|e| spec_to_proto(&e.id, &e.spec)).collect(),
+                input_mask: None,
+                output_mask: None,
+            };
+            let resp = self
+                .call("BatchUpdateEntry", req, |mut c, r| async move {
+                    c.batch_update_entry(r).await
+                })
+                .await?;
+            check_count("BatchUpdateEntry", chunk.len(), resp.results.len())?;
+            for r in resp.results {
+                let status = r.status.unwrap_or_default();
+                let code = Code::from_i32(status.code);
+                out.push(match (code, r.entry) {
+                    (Code::Ok, Some(e)) => Ok(entry_from_proto(&e)?),
+                    _ => Err(ItemError {
+                        code,
+                        message: status.message,
+                    }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes entries by ID. `NOT_FOUND` counts as success: the entry is gone either way.
+    pub async fn delete_entries(&self, ids: &[String]) -> Result<Vec<Result<(), ItemError>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(DELETE_BATCH) {
+            let req = api::BatchDeleteEntryRequest { ids: chunk.to_vec() };
+            let resp = self
+                .call("BatchDeleteEntry", req, |mut c, r| async move {
+                    c.batch_delete_entry(r).await
+                })
+                .await?;
+            check_count("BatchDeleteEntry", chunk.len(), resp.results.len())?;
+            for r in resp.results {
+                let status = r.status.unwrap_or_default();
+                let code = Code::from_i32(status.code);
+                out.push(match code {
+                    Code::Ok | Code::NotFound => Ok(()),
+                    _ => Err(ItemError {
+                        code,
+                        message: status.message,
+                    }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in the server (unfiltered); a cheap health probe.
+    pub async fn count_entries(&self) -> Result<i32> {
+        let req = api::CountEntriesRequest { filter: None };
+        Ok(self
+            .call(
+                "CountEntries",
+                req,
+                |mut c, r| async move { c.count_entries(r).await },
+            )
+            .await?
+            .count)
+    }
+}
+
+fn check_count(method: &'static str, sent: usize, got: usize) -> Result<()> {
+    if sent == got {
+        Ok(())
+    } else {
+        Err(Error::ResultCount { method, sent, got })
+    }
+}

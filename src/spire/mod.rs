@@ -1,0 +1,58 @@
+//! The SPIRE side: a client of SPIRE's Entry API (`spire.api.server.entry.v1`) that speaks in
+//! the registrar's own types (`model::EntrySpec`, `model::Entry`).
+//!
+//! * [`proto`]: generated code from our own `.proto` files;
+//! * [`convert`]: wire types ⇄ model types;
+//! * [`client`]: connection (admin Unix socket), paged lists, batched writes with per-item
+//!   results, retries on `UNAVAILABLE`, per-call timeouts, call metrics.
+
+pub mod client;
+pub mod convert;
+pub mod proto;
+
+pub use client::{ItemError, ListFilter, SpireClient};
+
+/// Errors of the SPIRE boundary. Per-item failures of batch calls are not errors of the call;
+/// they come back as [`ItemError`]s next to the successful items.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid SPIRE server address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error("SPIRE server at {address} is not supported yet: {reason}")]
+    Unsupported { address: String, reason: String },
+    #[error("SPIRE {method} failed: {code:?}: {message}")]
+    Rpc {
+        method: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("SPIRE returned an entry the registrar cannot read (id {id:?}): {reason}")]
+    BadEntry { id: String, reason: String },
+    #[error("SPIRE {method} returned {got} results for {sent} items")]
+    ResultCount {
+        method: &'static str,
+        sent: usize,
+        got: usize,
+    },
+}
+
+impl Error {
+    /// Bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Address { .. } | Error::Unsupported { .. } => "config",
+            Error::Rpc {
+                code: tonic::Code::Unavailable,
+                ..
+            } => "unavailable",
+            Error::Rpc {
+                code: tonic::Code::DeadlineExceeded,
+                ..
+            } => "timeout",
+            Error::Rpc { .. } => "rpc",
+            Error::BadEntry { .. } | Error::ResultCount { .. } => "protocol",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,112 @@
+//! The binary's command line as an operator meets it: `--help`, `--version`, `validate`, clear
+//! errors for broken configs, metrics/health endpoints, and graceful shutdown on SIGTERM.
+
+use std::{process::Command, time::Duration};
+
+use crate::{
+    registrar::{Registrar, metric_value},
+    stack::Stack,
+    util::*,
+};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_k8s-workload-registrar"))
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("-config") && help.contains("validate") && help.contains("trust_domain"), "{help}");
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
+    let out = bin().arg("--bogus").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+}
+
+#[test]
+fn validate_prints_effective_config_or_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.conf");
+    std::fs::write(
+        &good,
+        r#"log_level = "info"
+trust_domain = "example.org"
+server_socket_path = "/tmp/spire-server/private/api.sock"
+cluster = "production"
+mode = "reconcile"
+leader_election = true
+add_pod_dns_names = false
+disabled_namespaces = ["kube-system", "kube-public", "spire-system"]
+"#,
+    )
+    .unwrap();
+    let out = bin().args(["validate", "-config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["trust_domain"], "example.org");
+    assert_eq!(v["cluster"], "production");
+    let text = v.to_string();
+    assert!(text.contains("spire-k8s-registrar"), "defaults filled in: {text}");
+    assert!(text.contains("cluster.local"), "defaults filled in: {text}");
+
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(&bad, "trust_domain = \"example.org\"\nclustr = \"x\"\nserver_socket_path = \"/s\"\n").unwrap();
+    for args in [vec!["validate", "-config"], vec!["-config"]] {
+        let out = bin().args(&args).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("clustr") && err.contains("did you mean \"cluster\""), "{err}");
+    }
+    let out = bin().args(["-config", "/nonexistent/registrar.conf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/registrar.conf"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_graceful_shutdown() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    create_namespace(&k, "m").await;
+    create_node(&k, "n1").await;
+    pod("m", "p").on("n1").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    assert_eq!(reg.get("/healthz").await.0, 200);
+    reg.wait_ready().await;
+    converge(
+        &stack.spire.client(),
+        vec![
+            want(
+                "spiffe://example.org/spire-k8s-registrar/c/node/n1",
+                "spiffe://example.org/spire/server",
+                &["k8s_psat:cluster:c", "k8s_psat:agent_node_name:n1"],
+            ),
+            want(
+                "spiffe://example.org/ns/m/sa/default",
+                "spiffe://example.org/spire-k8s-registrar/c/node/n1",
+                &["k8s:ns:m", "k8s:pod-name:p"],
+            ),
+        ],
+    )
+    .await;
+    let m = reg.metrics().await;
+    // Every sample line parses as `name{labels} value`.
+    for line in m.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+    }
+    assert_eq!(metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]), Some(2.0));
+    assert!(metric_value(&m, "registrar_objects_processed_total", &[("kind", "pods")]).unwrap() >= 1.0);
+    assert!(metric_value(&m, "spire_call_duration_seconds_count", &[("method", "BatchCreateEntry"), ("outcome", "ok")]).unwrap() >= 1.0);
+    assert!(metric_value(&m, "registrar_reconcile_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert_eq!(metric_value(&m, "registrar_shards", &[]), Some(1.0));
+    // Labels stay bounded: no pod or node names in any series.
+    assert!(!m.contains("\"p\"") && !m.contains("n1"), "unbounded label values in metrics:\n{m}");
+
+    let code = reg.proc.terminate(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "SIGTERM exits cleanly\n{}", reg.proc.log_tail());
+    assert!(reg.proc.log_text().contains("Shutting down"));
+}

@@ -1,0 +1,122 @@
+//! Two replicas with leader election: exactly one writes; the other takes over when the leader
+//! dies (lease expiry) or shuts down (release); no duplicate entries either way.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::ConfigMap};
+use kube::Api;
+
+use crate::{
+    registrar::{Registrar, metric_value},
+    stack::Stack,
+    util::*,
+};
+
+fn expected(nodes: &[&str], pods: &[(&str, &str)]) -> Vec<Shown> {
+    let mut v: Vec<Shown> = nodes
+        .iter()
+        .map(|n| {
+            want(
+                &format!("spiffe://example.org/spire-k8s-registrar/c/node/{n}"),
+                "spiffe://example.org/spire/server",
+                &["k8s_psat:cluster:c", &format!("k8s_psat:agent_node_name:{n}")],
+            )
+        })
+        .collect();
+    for (node, p) in pods {
+        v.push(want(
+            &format!("spiffe://example.org/ns/a/sa/{p}"),
+            &format!("spiffe://example.org/spire-k8s-registrar/c/node/{node}"),
+            &["k8s:ns:a", &format!("k8s:pod-name:{p}")],
+        ));
+    }
+    v
+}
+
+async fn writes(r: &Registrar) -> f64 {
+    let m = r.metrics().await;
+    ["create", "update", "delete"]
+        .iter()
+        .map(|op| metric_value(&m, "registrar_entry_ops_total", &[("op", op)]).unwrap_or(0.0))
+        .sum()
+}
+
+async fn is_leader(r: &Registrar) -> bool {
+    metric_value(&r.metrics().await, "registrar_is_leader", &[]) == Some(1.0)
+}
+
+const ELECTION: &str = "leader_election = true\nleader_election_namespace = \"default\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lock_gives_one_writer_and_failover() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("p1").create(&k).await;
+    let extra = format!("{ELECTION}leader_election_resource_lock = \"leases\"\n");
+    let a = Registrar::start(&stack, "reg-a", "c", &extra).await;
+    let b = Registrar::start(&stack, "reg-b", "c", &extra).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+
+    let leases: Api<Lease> = Api::namespaced(k.clone(), "default");
+    let holder = eventually("a lease holder", Duration::from_secs(30), || async {
+        let l = leases.get_opt("spire-k8s-registrar-leader-election").await.ok()??;
+        let spec = l.spec?;
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+        spec.holder_identity.filter(|h| !h.is_empty())
+    })
+    .await;
+    let (leader, follower) = if holder.starts_with("reg-a_") { (a, b) } else { (b, a) };
+    assert!(holder.starts_with("reg-a_") || holder.starts_with("reg-b_"), "{holder}");
+    assert!(is_leader(&leader).await);
+    assert!(!is_leader(&follower).await);
+    assert_eq!(writes(&follower).await, 0.0, "the follower wrote to SPIRE");
+
+    // The leader dies without releasing: the follower takes over after the lease expires.
+    leader.proc.kill();
+    eventually("the follower to lead", Duration::from_secs(60), || async { is_leader(&follower).await.then_some(()) })
+        .await;
+    let lease = leases.get("spire-k8s-registrar-leader-election").await.unwrap().spec.unwrap();
+    assert!(lease.holder_identity.unwrap().starts_with(if holder.starts_with("reg-a_") { "reg-b_" } else { "reg-a_" }));
+    assert!(lease.lease_transitions.unwrap_or(0) >= 1);
+    pod("a", "p2").on("n1").sa("p2").create(&k).await;
+    converge(&spire, expected(&["n1"], &[("n1", "p1"), ("n1", "p2")])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_lock_releases_on_sigterm() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    // configmaps is the default lock
+    let a = Registrar::start(&stack, "reg-a", "c", ELECTION).await;
+    a.wait_ready().await;
+    eventually("reg-a to lead", Duration::from_secs(30), || async { is_leader(&a).await.then_some(()) }).await;
+    let b = Registrar::start(&stack, "reg-b", "c", ELECTION).await;
+    b.wait_ready().await;
+    converge(&spire, expected(&["n1"], &[])).await;
+
+    let cms: Api<ConfigMap> = Api::namespaced(k.clone(), "default");
+    let record = |cm: ConfigMap| -> serde_json::Value {
+        let ann = cm.metadata.annotations.unwrap_or_default();
+        serde_json::from_str(&ann["control-plane.alpha.kubernetes.io/leader"]).unwrap()
+    };
+    let rec = record(cms.get("spire-k8s-registrar-leader-election").await.unwrap());
+    assert!(rec["holderIdentity"].as_str().unwrap().starts_with("reg-a_"), "{rec}");
+    assert_eq!(rec["leaseDurationSeconds"], 15);
+    assert!(rec["renewTime"].is_string() && rec["acquireTime"].is_string(), "{rec}");
+
+    // Graceful shutdown releases the lock, so reg-b takes over well before the lease would expire.
+    assert_eq!(a.proc.terminate(Duration::from_secs(20)).await, Some(0));
+    eventually("reg-b to lead", Duration::from_secs(30), || async { is_leader(&b).await.then_some(()) }).await;
+    let rec = record(cms.get("spire-k8s-registrar-leader-election").await.unwrap());
+    assert!(rec["holderIdentity"].as_str().unwrap().starts_with("reg-b_"), "{rec}");
+    pod("a", "p1").on("n1").sa("p1").create(&k).await;
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+}

@@ -1,0 +1,12 @@
+//! Black-box tests against real components: etcd, kube-apiserver and spire-server built from the
+//! Go module proxy (see `stack`). One test binary with modules keeps link times down.
+
+mod cli;
+mod leader;
+mod reconcile;
+mod registrar;
+mod resilience;
+mod spire_client;
+mod stack;
+mod stack_test;
+mod util;

@@ -1,0 +1,184 @@
+//! Reconcile mode end to end: the real registrar binary against real kube-apiserver + etcd and
+//! spire-server. Every assertion is on what SPIRE holds (or what Kubernetes shows), as a user
+//! would check it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Event;
+use kube::{Api, api::ListParams};
+
+use crate::{
+    registrar::{Registrar, metric_value},
+    stack::Stack,
+    util::*,
+};
+
+const TD: &str = "spiffe://example.org";
+
+fn root(cluster: &str) -> String {
+    format!("{TD}/spire-k8s-registrar/{cluster}/node")
+}
+
+fn node_entry(cluster: &str, node: &str) -> Shown {
+    want(
+        &format!("{}/{node}", root(cluster)),
+        &format!("{TD}/spire/server"),
+        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_name:{node}")],
+    )
+}
+
+fn pod_entry(cluster: &str, node: &str, ns: &str, pod: &str, id_path: &str) -> Shown {
+    want(
+        &format!("{TD}{id_path}"),
+        &format!("{}/{node}", root(cluster)),
+        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_follow_pods_and_nodes() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "shop").await;
+    create_namespace(&k, "quiet").await;
+    create_node(&k, "n1").await;
+    create_node(&k, "n2").await;
+    pod("shop", "web").on("n1").sa("web-sa").create(&k).await;
+    pod("shop", "api").on("n2").sa("api-sa").annotation("spiffe.io/federatesWith", " other.org ,other.org,").create(&k).await;
+    pod("shop", "pending").sa("x").create(&k).await; // not scheduled: no entry yet
+    pod("kube-system", "dns").on("n1").create(&k).await; // disabled namespace by default
+    // A hand-made entry that is not ours must survive everything below.
+    let hand = stack.spire.cli(&[
+        "entry", "create", "-parentID", "spiffe://example.org/spire/agent/x", "-spiffeID",
+        "spiffe://example.org/hand/made", "-selector", "unix:uid:0",
+    ]);
+    assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
+    // federation needs a bundle for other.org in SPIRE
+    set_bundle(&stack, "other.org");
+
+    let reg = Registrar::start(&stack, "reg", "c1", "").await;
+    reg.wait_ready().await;
+    let hand_made = want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["unix:uid:0"]);
+    let mut api = pod_entry("c1", "n2", "shop", "api", "/ns/shop/sa/api-sa");
+    api.federates_with = vec!["other.org".into()];
+    let entries = converge(
+        &spire,
+        vec![
+            node_entry("c1", "n1"),
+            node_entry("c1", "n2"),
+            pod_entry("c1", "n1", "shop", "web", "/ns/shop/sa/web-sa"),
+            api.clone(),
+            hand_made.clone(),
+        ],
+    )
+    .await;
+    // The CLI (SPIRE's own view) agrees on the exact fields.
+    let cli = stack.spire.cli_entries();
+    assert_eq!(cli.len(), entries.len());
+    let web = cli.iter().find(|e| e["spiffe_id"]["path"] == "/ns/shop/sa/web-sa").expect("web entry in CLI");
+    assert_eq!(web["parent_id"]["path"], "/spire-k8s-registrar/c1/node/n1");
+    assert_eq!(web["x509_svid_ttl"], 0, "registrar leaves TTLs to the server default");
+    assert_eq!(web["admin"], false);
+
+    // Scheduling the pending pod gives it an entry.
+    delete_pod(&k, "shop", "pending").await;
+    pod("shop", "pending").on("n2").sa("late").create(&k).await;
+    // A terminal pod loses its entry; deleting a pod removes its entry.
+    patch_pod_status(&k, "shop", "web", serde_json::json!({"phase": "Succeeded"})).await;
+    converge(
+        &spire,
+        vec![
+            node_entry("c1", "n1"),
+            node_entry("c1", "n2"),
+            api.clone(),
+            pod_entry("c1", "n2", "shop", "pending", "/ns/shop/sa/late"),
+            hand_made.clone(),
+        ],
+    )
+    .await;
+    delete_pod(&k, "shop", "pending").await;
+    // Deleting a node removes its alias entry and the entries of its pods.
+    delete_node(&k, "n2").await;
+    converge(&spire, vec![node_entry("c1", "n1"), hand_made.clone()]).await;
+
+    let metrics = reg.metrics().await;
+    assert!(metric_value(&metrics, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]).unwrap() >= 5.0);
+    assert!(metric_value(&metrics, "registrar_entry_ops_total", &[("op", "delete"), ("outcome", "ok")]).unwrap() >= 3.0);
+    assert!(metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap() >= 1.0);
+}
+
+/// `spire-server bundle set` for a made-up foreign trust domain.
+pub fn set_bundle(stack: &Stack, td: &str) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    let path = stack.dir.path().join(format!("{td}.pem"));
+    std::fs::write(&path, pem).unwrap();
+    let out = stack.spire.cli(&["bundle", "set", "-id", &format!("spiffe://{td}"), "-path", &path.display().to_string()]);
+    assert!(out.status.success(), "bundle set: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_changes_replace_entries_and_bad_values_get_events() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "apps").await;
+    create_node(&k, "n1").await;
+    pod("apps", "pay").on("n1").label("spiffe.io/id", "payment").create(&k).await;
+    pod("apps", "nolabel").on("n1").create(&k).await;
+    pod("apps", "bad").on("n1").label("spiffe.io/id", "ok").create(&k).await;
+
+    let reg = Registrar::start(&stack, "reg", "c2", "pod_label = \"spiffe.io/id\"").await;
+    reg.wait_ready().await;
+    converge(
+        &spire,
+        vec![
+            node_entry("c2", "n1"),
+            pod_entry("c2", "n1", "apps", "pay", "/payment"),
+            pod_entry("c2", "n1", "apps", "bad", "/ok"),
+        ],
+    )
+    .await;
+
+    // Changing the label replaces the entry. An empty value (the only label value that cannot
+    // be a path segment) removes the entry and raises an Event; other pods are unaffected.
+    patch_pod_labels(&k, "apps", "pay", serde_json::json!({"spiffe.io/id": "payment.v2"})).await;
+    patch_pod_labels(&k, "apps", "bad", serde_json::json!({"spiffe.io/id": ""})).await;
+    converge(&spire, vec![node_entry("c2", "n1"), pod_entry("c2", "n1", "apps", "pay", "/payment.v2")]).await;
+    let events: Api<Event> = Api::namespaced(k.clone(), "apps");
+    let event = eventually("an Event on the pod with the empty label", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("bad"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.message.unwrap_or_default().contains("spiffe.io/id"));
+    // Removing the label removes the entry.
+    patch_pod_labels(&k, "apps", "pay", serde_json::json!({"spiffe.io/id": null})).await;
+    converge(&spire, vec![node_entry("c2", "n1")]).await;
+    drop(reg);
+
+    // Annotation mode: multi-segment values work; an invalid value yields no entry and an Event.
+    let reg = Registrar::start(&stack, "reg2", "c3", "pod_annotation = \"spiffe.io/spiffe-id\"").await;
+    pod("apps", "multi").on("n1").annotation("spiffe.io/spiffe-id", "services/payment/v1").create(&k).await;
+    pod("apps", "broken").on("n1").annotation("spiffe.io/spiffe-id", "a//b").create(&k).await;
+    reg.wait_ready().await;
+    let mut expected = vec![node_entry("c2", "n1")];
+    expected.push(node_entry("c3", "n1"));
+    expected.push(pod_entry("c3", "n1", "apps", "multi", "/services/payment/v1"));
+    converge(&spire, expected).await;
+    let event = eventually("an Event on the broken pod", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("broken"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let msg = event.message.unwrap_or_default();
+    assert!(msg.contains("spiffe.io/spiffe-id") && msg.contains("a//b"), "event message: {msg}");
+    let metrics = reg.metrics().await;
+    assert!(metric_value(&metrics, "registrar_invalid_identity_total", &[]).unwrap() >= 1.0);
+}

@@ -1,0 +1,171 @@
+//! Convergence under drift, restarts and injected actor failures (reconcile mode).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use k8s_workload_registrar::model::Selector;
+
+use crate::{
+    registrar::{Registrar, metric_value},
+    stack::Stack,
+    util::*,
+};
+
+const TD: &str = "spiffe://example.org";
+
+fn node_entry(cluster: &str, node: &str) -> Shown {
+    want(
+        &format!("{TD}/spire-k8s-registrar/{cluster}/node/{node}"),
+        &format!("{TD}/spire/server"),
+        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_name:{node}")],
+    )
+}
+
+fn pod_entry(cluster: &str, node: &str, ns: &str, pod: &str, sa: &str) -> Shown {
+    want(
+        &format!("{TD}/ns/{ns}/sa/{sa}"),
+        &format!("{TD}/spire-k8s-registrar/{cluster}/node/{node}"),
+        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("s1").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    let expected = vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "s1")];
+    let entries = converge(&spire, expected.clone()).await;
+
+    // A hand-made entry on another parent is never touched.
+    let hand = spire
+        .create_entries(&[k8s_workload_registrar::model::EntrySpec {
+            spiffe_id: id("/hand/made"),
+            parent_id: id("/spire/agent/k8s_psat/c/some-uid"),
+            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    // Drift: an owned entry deleted by hand, and another one changed by hand.
+    let pod_e = entries.iter().find(|e| e.spec.spiffe_id.path() == "/ns/a/sa/s1").unwrap();
+    let node_e = entries.iter().find(|e| e.spec.spiffe_id.path().ends_with("/node/n1")).unwrap();
+    spire.delete_entries(std::slice::from_ref(&pod_e.id)).await.unwrap();
+    let mut tampered = node_e.clone();
+    tampered.spec.dns_names = vec!["tampered.example".into()];
+    spire.update_entries(&[tampered]).await.unwrap().remove(0).unwrap();
+
+    let mut with_hand = expected.clone();
+    with_hand.push(shown(&hand.spec));
+    let after = converge(&spire, with_hand.clone()).await;
+    // The repaired node entry kept its ID (updated in place, not recreated).
+    assert!(after.iter().any(|e| e.id == node_e.id));
+
+    // A resync with nothing changed writes nothing.
+    let m1 = reg.metrics().await;
+    let writes = |m: &str| {
+        ["create", "update", "delete"]
+            .iter()
+            .map(|op| metric_value(m, "registrar_entry_ops_total", &[("op", op)]).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let resyncs_before = metric_value(&m1, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+    // Wait for at least two more resync rounds (interval 2s) to have read SPIRE.
+    eventually("two more resyncs", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        let lists = metric_value(&m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+        (lists >= resyncs_before + 4.0).then_some(())
+    })
+    .await;
+    let m2 = reg.metrics().await;
+    assert_eq!(writes(&m1), writes(&m2), "a resync with nothing changed must not write");
+    assert_eq!(all_shown(&spire).await, { with_hand.sort(); with_hand });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_changes_made_meanwhile_converges_exactly() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    for n in ["n1", "n2", "n3"] {
+        create_node(&k, n).await;
+    }
+    pod("a", "p1").on("n1").sa("s1").create(&k).await;
+    pod("a", "p2").on("n2").sa("s2").create(&k).await;
+    pod("a", "p3").on("n3").sa("s3").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    converge(
+        &spire,
+        vec![
+            node_entry("c", "n1"),
+            node_entry("c", "n2"),
+            node_entry("c", "n3"),
+            pod_entry("c", "n1", "a", "p1", "s1"),
+            pod_entry("c", "n2", "a", "p2", "s2"),
+            pod_entry("c", "n3", "a", "p3", "s3"),
+        ],
+    )
+    .await;
+    reg.proc.kill();
+    // While it is down: a pod deleted, a pod added, a node deleted (with its pod left behind,
+    // as no garbage collector runs here).
+    delete_pod(&k, "a", "p1").await;
+    pod("a", "p4").on("n2").sa("s4").create(&k).await;
+    delete_node(&k, "n3").await;
+    let reg = Registrar::start(&stack, "reg-again", "c", "").await;
+    reg.wait_ready().await;
+    converge(
+        &spire,
+        vec![
+            node_entry("c", "n1"),
+            node_entry("c", "n2"),
+            pod_entry("c", "n2", "a", "p2", "s2"),
+            pod_entry("c", "n2", "a", "p4", "s4"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_actors_are_restarted_alone_and_work_continues() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    create_node(&k, "n2").await;
+    pod("a", "p1").on("n1").sa("s1").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    converge(&spire, vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n1", "a", "p1", "s1")]).await;
+
+    for target in ["shard:n1", "pods", "nodes", "pool", "worker:0"] {
+        reg.inject(target).await;
+    }
+    let restarted = |m: &str, actor: &str| metric_value(m, "registrar_actor_restarts_total", &[("actor", actor)]);
+    let m = eventually("five restarts recorded", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        let all = ["shard", "pods", "nodes", "spire_pool", "spire_worker"];
+        all.iter().all(|a| restarted(&m, a).is_some()).then_some(m)
+    })
+    .await;
+    for a in ["shard", "pods", "nodes", "spire_pool", "spire_worker"] {
+        assert_eq!(restarted(&m, a), Some(1.0), "{a} restarted exactly once:\n{m}");
+    }
+    // The process kept running and keeps converging after the restarts.
+    reg.proc.assert_running();
+    pod("a", "p2").on("n2").sa("s2").create(&k).await;
+    delete_pod(&k, "a", "p1").await;
+    converge(&spire, vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n2", "a", "p2", "s2")]).await;
+    assert_eq!(reg.get("/healthz").await.0, 200);
+}

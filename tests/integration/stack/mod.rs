@@ -1,0 +1,302 @@
+//! The real test stack: etcd + kube-apiserver + spire-server, started on loopback with per-stack
+//! free ports and a temp dir, stopped (every child killed) when the `Stack` is dropped — also when
+//! the test panics, because `Drop` runs during unwinding.
+//!
+//! Binaries come from `tests/testbin/build.sh`, which builds them once per machine from the Go
+//! module proxy into `~/.cache/k8s-workload-registrar/testbin` (under a lock) and prints their
+//! paths; later runs reuse them.
+
+mod certs;
+mod process;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use k8s_workload_registrar::spire::SpireClient;
+pub use process::Proc;
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// Paths of the cached real binaries, built on first use.
+pub fn testbin() -> &'static HashMap<String, PathBuf> {
+    static BINS: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbin/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run tests/testbin/build.sh");
+        assert!(out.status.success(), "tests/testbin/build.sh failed ({}); see its output above", out.status);
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect()
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    testbin().get(name).unwrap_or_else(|| panic!("testbin did not report {name}")).clone()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
+}
+
+/// A running kube-apiserver with its etcd.
+pub struct Kube {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub ca_pem: String,
+    pub token: String,
+    /// Extra files for webhook tests (admission config etc.) live next to these.
+    pub dir: PathBuf,
+    _apiserver: Proc,
+    _etcd: Proc,
+}
+
+/// Options for the API server a test needs.
+#[derive(Default, Clone)]
+pub struct KubeOptions {
+    /// `--admission-control-config-file` contents (webhook client-certificate set-up).
+    pub admission_config: Option<String>,
+}
+
+impl Kube {
+    pub async fn start(dir: &Path, opts: KubeOptions) -> Kube {
+        let dir = dir.join("kube");
+        std::fs::create_dir_all(&dir).unwrap();
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Proc::spawn(
+            "etcd",
+            &bin("etcd"),
+            &[
+                "--name=default",
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                &format!("--listen-client-urls={etcd_url}"),
+                &format!("--advertise-client-urls={etcd_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            &dir,
+        );
+        etcd.wait_for_port(etcd_port, Duration::from_secs(30)).await;
+
+        let pki = certs::write_kube_pki(&dir);
+        let port = free_port();
+        let token = "admin-token-for-tests".to_string();
+        std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n")).unwrap();
+        let mut args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", dir.display()),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{port}"),
+            format!("--service-account-key-file={}", pki.sa_key.display()),
+            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--endpoint-reconciler-type=none".into(),
+            "--enable-priority-and-fairness=false".into(),
+        ];
+        if let Some(cfg) = &opts.admission_config {
+            let path = dir.join("admission-config.yaml");
+            std::fs::write(&path, cfg).unwrap();
+            args.push(format!("--admission-control-config-file={}", path.display()));
+        }
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let apiserver = Proc::spawn("kube-apiserver", &bin("kube-apiserver"), &arg_refs, &dir);
+        let url = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
+        let kube = Kube { url, kubeconfig, ca_pem: pki.ca_pem, token, dir, _apiserver: apiserver, _etcd: etcd };
+        kube.wait_ready().await;
+        kube
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
+        kube::Client::try_from(cfg).expect("kube client")
+    }
+
+    async fn wait_ready(&self) {
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => break,
+                other => {
+                    self._apiserver.assert_running();
+                    if tokio::time::Instant::now() > deadline {
+                        panic!("kube-apiserver not ready after 120s: {other:?}\n{}", self._apiserver.log_tail());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // The default namespace and RBAC bootstrap objects appear shortly after /readyz.
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        for _ in 0..100 {
+            if ns.get_opt("default").await.ok().flatten().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("namespace default never appeared");
+    }
+}
+
+fn kubeconfig_yaml(url: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
+        ca = encode(ca_pem.as_bytes())
+    )
+}
+
+/// A running spire-server with its admin socket, trust domain `example.org`, sqlite datastore
+/// and memory key manager.
+pub struct Spire {
+    pub socket: PathBuf,
+    pub bind_port: u16,
+    pub dir: PathBuf,
+    proc: Proc,
+}
+
+impl Spire {
+    pub async fn start(dir: &Path) -> Spire {
+        let dir = dir.join("spire");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let socket = dir.join("api.sock");
+        let bind_port = free_port();
+        let conf = format!(
+            r#"server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{bind_port}"
+    socket_path = "{sock}"
+    trust_domain = "{TRUST_DOMAIN}"
+    data_dir = "{data}"
+    log_level = "INFO"
+}}
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{data}/datastore.sqlite3"
+        }}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+            sock = socket.display(),
+            data = dir.join("data").display(),
+        );
+        std::fs::write(dir.join("server.conf"), conf).unwrap();
+        let proc = Proc::spawn(
+            "spire-server",
+            &bin("spire-server"),
+            &["run", "-config", &dir.join("server.conf").display().to_string()],
+            &dir,
+        );
+        let spire = Spire { socket, bind_port, dir, proc };
+        spire.wait_healthy().await;
+        spire
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = std::process::Command::new(bin("spire-server"))
+                .args(["healthcheck", "-socketPath"])
+                .arg(&self.socket)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            self.proc.assert_running();
+            if tokio::time::Instant::now() > deadline {
+                panic!("spire-server not healthy after 60s\n{}", self.proc.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn client(&self) -> SpireClient {
+        SpireClient::unix(&self.socket).expect("spire client")
+    }
+
+    /// Runs the real `spire-server` CLI against this server's admin socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin("spire-server"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.socket)
+            .output()
+            .expect("run spire-server CLI")
+    }
+
+    /// All entries as the CLI shows them (`entry show -output json`), proving what SPIRE holds
+    /// independently of our own client.
+    pub fn cli_entries(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["entry", "show", "-output", "json"]);
+        assert!(out.status.success(), "entry show failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("entry show json");
+        let v = if let serde_json::Value::Array(mut a) = v { a.remove(0) } else { v };
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// etcd + kube-apiserver + spire-server in one temp dir.
+pub struct Stack {
+    pub kube: Kube,
+    pub spire: Spire,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(KubeOptions::default()).await
+    }
+
+    pub async fn start_with(opts: KubeOptions) -> Stack {
+        // Short path: unix socket paths must stay under ~107 bytes.
+        let dir = tempfile::Builder::new().prefix("kwr-").tempdir_in("/tmp").expect("temp dir");
+        let (kube, spire) = tokio::join!(Kube::start(dir.path(), opts), Spire::start(dir.path()));
+        Stack { kube, spire, dir }
+    }
+}

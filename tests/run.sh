@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every check and every test, the same way locally and in CI (.ci/run calls exactly this).
+#  1. builds (or reuses) the real etcd, kube-apiserver and spire-server in ~/.cache;
+#  2. rustfmt and clippy (-D warnings);
+#  3. all unit and integration tests, failing if any test was ignored (nothing skips silently).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+bash tests/testbin/build.sh >/dev/null
+echo "test binaries ready after $(( $(date +%s) - start ))s"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+if [[ $status -ne 0 ]]; then
+  echo "tests failed" >&2
+  exit "$status"
+fi
+if grep -E "test result: .* [1-9][0-9]* ignored" "$log" >/dev/null; then
+  echo "some tests were ignored; every test must run" >&2
+  exit 1
+fi
+echo "all checks passed in $(( $(date +%s) - start ))s"
