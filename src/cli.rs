@@ -23,8 +23,6 @@ pub enum Command {
     Validate {
         config: PathBuf,
     },
-    /// Run the registrar against a local embedded test stack.
-    Demo,
     Help,
     Version,
 }
@@ -35,12 +33,10 @@ pub enum CliError {
     UnknownFlag(String),
     #[error("flag {0:?} needs a value: the path of the configuration file")]
     MissingValue(String),
-    #[error("unexpected argument {0:?}; commands are \"run\", \"validate\" and \"demo\" (see --help)")]
+    #[error("unexpected argument {0:?}; commands are \"run\" and \"validate\" (see --help)")]
     UnexpectedArgument(String),
     #[error("the configuration file is given more than once")]
     RepeatedConfig,
-    #[error("the demo command uses its own built-in configuration and takes no -config flag")]
-    ConfigWithDemo,
 }
 
 /// Points users of the Go registrar's controller-runtime flags at what replaces them.
@@ -57,7 +53,6 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
     enum Sub {
         Run,
         Validate,
-        Demo,
     }
     let mut sub: Option<Sub> = None;
     let mut config: Option<PathBuf> = None;
@@ -68,7 +63,6 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             sub = match (arg.as_str(), &sub) {
                 ("run", None) => Some(Sub::Run),
                 ("validate", None) => Some(Sub::Validate),
-                ("demo", None) => Some(Sub::Demo),
                 _ => return Err(CliError::UnexpectedArgument(arg)),
             };
             continue;
@@ -109,8 +103,6 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
     match sub {
         None | Some(Sub::Run) => Ok(Command::Run { config: path() }),
         Some(Sub::Validate) => Ok(Command::Validate { config: path() }),
-        Some(Sub::Demo) if config.is_some() => Err(CliError::ConfigWithDemo),
-        Some(Sub::Demo) => Ok(Command::Demo),
     }
 }
 
@@ -122,7 +114,6 @@ Kubernetes cluster's workloads should have.
 USAGE:
     k8s-workload-registrar [run] [-config FILE]     run the registrar (default command)
     k8s-workload-registrar validate [-config FILE]  check FILE, print the effective config as JSON
-    k8s-workload-registrar demo                     run against a local embedded test stack
     k8s-workload-registrar -version                 print the version
     k8s-workload-registrar -help                    print this help
 
@@ -204,7 +195,6 @@ mod tests {
             (&["validate", "-config", "b.conf"], validate("b.conf")),
             (&["validate", "--config=b.conf"], validate("b.conf")),
             (&["-config", "b.conf", "validate"], validate("b.conf")),
-            (&["demo"], Command::Demo),
             (&["-h"], Command::Help),
             (&["-help"], Command::Help),
             (&["--help"], Command::Help),
@@ -261,16 +251,15 @@ mod tests {
                 "\"frobnicate\"",
             ),
             (
-                &["validate", "demo"],
-                CliError::UnexpectedArgument("demo".into()),
-                "\"demo\"",
+                &["validate", "run"],
+                CliError::UnexpectedArgument("run".into()),
+                "\"run\"",
             ),
             (
                 &["-config", "a", "-config", "b"],
                 CliError::RepeatedConfig,
                 "more than once",
             ),
-            (&["demo", "-config", "a"], CliError::ConfigWithDemo, "demo"),
         ];
         for (args, expected, needle) in cases {
             let got = parse(args);
@@ -281,7 +270,7 @@ mod tests {
 
     #[test]
     fn usage_mentions_every_config_key_and_environment() {
-        let fixed = ["-config", "validate", "demo", "KUBECONFIG", "RUST_LOG"];
+        let fixed = ["-config", "validate", "KUBECONFIG", "RUST_LOG"];
         for needle in fixed.into_iter().chain(crate::config::known_keys()) {
             assert!(USAGE.contains(needle), "USAGE lacks {needle}");
         }

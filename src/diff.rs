@@ -5,7 +5,8 @@
 //!
 //! Rules, per selector set (the identity key of a pod or node):
 //!
-//! 1. A desired spec with an exactly equal actual entry (every field of [`EntrySpec`]) keeps it.
+//! 1. A desired spec with an equal actual entry ([`EntrySpec::same_as`]: every field, DNS names as
+//!    a set, since SPIRE returns them sorted) keeps it.
 //! 2. Otherwise, if the group has actual entries left, the one with the smallest entry ID is
 //!    updated to the desired spec (an update keeps the entry ID, so agents never see the identity
 //!    vanish).
@@ -82,7 +83,7 @@ pub fn diff(desired: &[EntrySpec], actual: &[Entry]) -> Vec<EntryOp> {
         // as possible; among identical duplicates the smallest ID is kept.
         let mut unmatched = Vec::new();
         for spec in wanted {
-            match have.iter().position(|entry| &entry.spec == spec) {
+            match have.iter().position(|entry| entry.spec.same_as(spec)) {
                 Some(i) => {
                     have.remove(i);
                 }
@@ -202,10 +203,11 @@ mod tests {
         for new in changed {
             assert_eq!(diff(std::slice::from_ref(&new), &[entry("1", base.clone())]), vec![update("1", new)]);
         }
-        // DNS name order matters: the first name is the SVID's common name.
+        // DNS name order does not matter: SPIRE returns names sorted, whatever order we wrote,
+        // so an order-only difference must not cause a write on every resync.
         let ordered = EntrySpec { dns_names: vec!["ab.cd".into(), "ef.gh".into()], ..base.clone() };
         let reversed = EntrySpec { dns_names: vec!["ef.gh".into(), "ab.cd".into()], ..base };
-        assert_eq!(diff(std::slice::from_ref(&ordered), &[entry("1", reversed)]), vec![update("1", ordered)]);
+        assert_eq!(diff(std::slice::from_ref(&ordered), &[entry("1", reversed)]), vec![]);
     }
 
     #[test]

@@ -34,12 +34,12 @@ impl fmt::Display for Selector {
     }
 }
 
-/// Every field of an entry the registrar sets. Two specs are equal exactly when SPIRE needs no
-/// write to turn one into the other; this is what makes a no-change resync write nothing.
+/// Every field of an entry the registrar sets. [`EntrySpec::same_as`] is true exactly when SPIRE
+/// needs no write to turn one into the other; this is what makes a no-change resync write nothing.
 ///
 /// Invariants (upheld by the constructors in `identity`): `dns_names` are valid, trimmed and
-/// de-duplicated, in order (the first becomes the X.509-SVID common name); `federates_with` holds
-/// bare, valid trust-domain names.
+/// de-duplicated (SPIRE reports them in varying order, so equality ignores their order); `federates_with`
+/// holds bare, valid trust-domain names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntrySpec {
     pub spiffe_id: SpiffeId,
@@ -48,6 +48,25 @@ pub struct EntrySpec {
     pub dns_names: Vec<String>,
     pub federates_with: BTreeSet<String>,
     pub downstream: bool,
+}
+
+impl EntrySpec {
+    /// True when SPIRE needs no write to turn `self` into `other`: every field equal, DNS names
+    /// compared as a set. SPIRE (1.13) answers a create or update with the DNS names sorted but
+    /// lists them in the order written, so comparing their order would cause needless writes.
+    pub fn same_as(&self, other: &EntrySpec) -> bool {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        self.spiffe_id == other.spiffe_id
+            && self.parent_id == other.parent_id
+            && self.selectors == other.selectors
+            && self.federates_with == other.federates_with
+            && self.downstream == other.downstream
+            && sorted(&self.dns_names) == sorted(&other.dns_names)
+    }
 }
 
 /// An entry as it exists in SPIRE: its server-assigned ID plus the fields we compare.

@@ -11,11 +11,11 @@ bash tests/testbin/build.sh >/dev/null
 echo "test binaries ready after $(( $(date +%s) - start ))s"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --all-features --locked -- -D warnings
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets --locked 2>&1 | tee "$log"
+cargo test --all-targets --features fault-injection --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [[ $status -ne 0 ]]; then
   echo "tests failed" >&2

@@ -4,7 +4,7 @@
 //!   the `Leader` when leader election is on — and the restart budget.
 //! * Receives: change notices from watchers, `ShardSynced` from shards, leadership changes, the
 //!   resync timer, and fault-injection requests.
-//! * Messages: shards (`Seed`, `Sync`, `Resync`), the pool (`List` for the initial read).
+//! * Messages: shards (`Sync`, `Resync`), the pool (`List` for the initial read).
 //!
 //! # Supervision
 //! One-for-one: a child that fails (error or panic) is restarted alone, with the same arguments;
@@ -15,7 +15,7 @@
 //!
 //! # Start and promotion
 //! Once every watcher has listed and this replica leads, the registrar reads all entries once
-//! (paged), hands each node's owned entries to its shard (`Seed`), and from then on work is
+//! (paged), hands each node's owned entries to its new shard, and from then on work is
 //! incremental. Nodes that have entries but no Node object get a shard too; it deletes them.
 
 use std::{
@@ -132,9 +132,10 @@ impl RegistrarState {
         k
     }
 
-    fn shard_args(&self, myself: &ActorRef<RegistrarMsg>, node: &str) -> ShardArgs {
+    fn shard_args(&self, myself: &ActorRef<RegistrarMsg>, node: &str, initial: Option<Vec<Entry>>) -> ShardArgs {
         ShardArgs {
             node: node.to_string(),
+            initial,
             naming: self.args.naming.clone(),
             cache: self.args.cache.clone(),
             pool: self.pool.clone(),
@@ -166,8 +167,10 @@ async fn spawn_shard(
     myself: &ActorRef<RegistrarMsg>,
     state: &mut RegistrarState,
     node: &str,
+    initial: Option<Vec<Entry>>,
 ) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
-    let (s, _) = Actor::spawn_linked(None, NodeShard, state.shard_args(myself, node), myself.get_cell()).await?;
+    let args = state.shard_args(myself, node, initial);
+    let (s, _) = Actor::spawn_linked(None, NodeShard, args, myself.get_cell()).await?;
     state.children.insert(s.get_id(), (ChildKind::Shard, Some(node.to_string())));
     state.shards.insert(node.to_string(), s.clone());
     metrics::gauge!("registrar_shards").set(state.shards.len() as f64);
@@ -261,7 +264,7 @@ impl Actor for Registrar {
                 for node in nodes {
                     let shard = match state.shards.get(&node) {
                         Some(s) => s.clone(),
-                        None => spawn_shard(&myself, state, &node).await?,
+                        None => spawn_shard(&myself, state, &node, None).await?,
                     };
                     let _ = shard.cast(ShardMsg::Sync);
                 }
@@ -372,7 +375,7 @@ impl Actor for Registrar {
             ChildKind::Shard => {
                 if let Some(node) = node {
                     state.shards.remove(&node);
-                    spawn_shard(&myself, state, &node).await?;
+                    spawn_shard(&myself, state, &node, None).await?;
                 }
             }
             ChildKind::Pool => {
@@ -426,17 +429,19 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     nodes.extend(by_node.keys().cloned());
     tracing::info!(nodes = nodes.len(), owned_entries = by_node.values().map(Vec::len).sum::<usize>(), "Initial read done.");
     for node in nodes {
-        let shard = match state.shards.get(&node) {
-            Some(s) => s.clone(),
-            None => match spawn_shard(myself, state, &node).await {
-                Ok(s) => s,
-                Err(e) => {
+        match state.shards.get(&node) {
+            // A shard that already runs (we were a follower) re-reads its own entries: the
+            // list above may predate its latest writes.
+            Some(shard) => {
+                let _ = shard.cast(ShardMsg::Resync);
+            }
+            None => {
+                let initial = by_node.remove(&node).unwrap_or_default();
+                if let Err(e) = spawn_shard(myself, state, &node, Some(initial)).await {
                     tracing::error!(node, error = %e, "Could not start node shard.");
-                    continue;
                 }
-            },
-        };
-        let _ = shard.cast(ShardMsg::Seed(by_node.remove(&node).unwrap_or_default()));
+            }
+        }
     }
     state.bootstrapped = Some(l.epoch);
     state.args.ready.store(true, Ordering::SeqCst);

@@ -44,8 +44,6 @@ pub enum ShardMsg {
     Sync,
     /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
     Resync,
-    /// Initial state from the registrar's one full read at start or promotion.
-    Seed(Vec<Entry>),
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
     Fail,
 }
@@ -54,6 +52,9 @@ pub enum ShardMsg {
 #[derive(Clone)]
 pub struct ShardArgs {
     pub node: String,
+    /// The node's owned entries from the registrar's initial read, when this shard is started
+    /// by it; `None` makes the shard read its own entries first.
+    pub initial: Option<Vec<Entry>>,
     pub naming: std::sync::Arc<Naming>,
     pub cache: ClusterCache,
     pub pool: super::PoolHandle,
@@ -77,12 +78,16 @@ impl Actor for NodeShard {
     type State = ShardState;
     type Arguments = ShardArgs;
 
-    async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        mut args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
         // Start converging right away; a restarted shard therefore rebuilds itself unasked.
         myself.cast(ShardMsg::Sync)?;
         Ok(ShardState {
+            actual: args.initial.take(),
             args,
-            actual: None,
             reported: HashSet::new(),
             backoff: Duration::from_millis(500),
             retry_scheduled: false,
@@ -96,10 +101,6 @@ impl Actor for NodeShard {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Seed(entries) => {
-                state.actual = Some(entries);
-                sync(&myself, state).await;
-            }
             ShardMsg::Sync => sync(&myself, state).await,
             ShardMsg::Resync => {
                 state.retry_scheduled = false;
@@ -215,7 +216,11 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     let mut failed = false;
     for o in outcomes {
         match o {
-            OpOutcome::Created(e) => next.push(e),
+            // ALREADY_EXISTS hands back an entry we may already hold; keep IDs unique.
+            OpOutcome::Created(e) => {
+                next.retain(|x| x.id != e.id);
+                next.push(e);
+            }
             OpOutcome::Updated(e) => {
                 next.retain(|x| x.id != e.id);
                 next.push(e);

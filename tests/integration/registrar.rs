@@ -74,15 +74,15 @@ impl Registrar {
 
     pub async fn inject(&self, target: &str) {
         let (code, body) = http_request(self.metrics_port, "POST", &format!("/debug/fail/{target}")).await;
-        assert_eq!(code, 200, "fault injection into {target}: {body}");
+        assert_eq!(code, 200, "fault injection into {target} (needs --features fault-injection): {body}");
     }
 }
 
 /// Sum of the samples of `name` whose label set contains every `labels` pair.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ')?;
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
         let (metric, label_text) = match series.split_once('{') {
             Some((m, rest)) => (m, rest.trim_end_matches('}')),
             None => (series, ""),

@@ -34,7 +34,11 @@ async fn crud_paging_and_per_item_errors() {
     let mut changed = created.clone();
     changed.spec.dns_names = vec!["a.t.svc".into(), "a.t".into()];
     let updated = c.update_entries(std::slice::from_ref(&changed)).await.unwrap().remove(0).unwrap();
-    assert_eq!(updated, changed, "update keeps the id and stores every field, DNS order included");
+    assert_eq!(updated.id, created.id, "update keeps the id");
+    // SPIRE answers a write with the DNS names sorted but lists them in the order written;
+    // everything else comes back exactly as written.
+    assert_eq!(updated.spec.dns_names, vec!["a.t".to_string(), "a.t.svc".to_string()]);
+    assert!(updated.spec.same_as(&changed.spec));
     let got = c.list_entries(&ListFilter { by_spiffe_id: Some(id("/w/a")), ..Default::default() }).await.unwrap();
     assert_eq!(got, vec![changed.clone()]);
 
@@ -44,7 +48,7 @@ async fn crud_paging_and_per_item_errors() {
 
     // Per-item errors: an invalid DNS name is rejected by the server for that item only.
     let mut bad = spec("/w/bad", "/reg/node/n1", "bad");
-    bad.dns_names = vec!["under_score.example".into()];
+    bad.dns_names = vec!["inner.*.wildcard.example".into()];
     let good = spec("/w/good", "/reg/node/n1", "good");
     let results = c.create_entries(&[bad, good.clone()]).await.unwrap();
     let err = results[0].clone().unwrap_err();
@@ -77,7 +81,7 @@ async fn crud_paging_and_per_item_errors() {
     assert_eq!(ids.len(), 1203, "no entry listed twice");
     let wanted: BTreeSet<EntrySpec> = many.into_iter().collect();
     assert_eq!(listed.into_iter().map(|e| e.spec).collect::<BTreeSet<_>>(), wanted);
-    assert_eq!(c.count_entries().await.unwrap(), 1203 + 3);
+    assert_eq!(c.count_entries().await.unwrap(), 1203 + 2, "the many, plus /w/good and /w/fed");
 }
 
 fn set_bundle_at(spire: &Spire, dir: &std::path::Path, td: &str) {

@@ -8,8 +8,9 @@ pub struct KubePki {
     pub ca_pem: String,
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
-    /// Service-account signing key (PKCS#8); its public half is derived by the API server.
+    /// Service-account signing key (PKCS#8) and its public half.
     pub sa_key: PathBuf,
+    pub sa_pub: PathBuf,
 }
 
 /// A CA plus the leaf certificates a test needs, all PEM.
@@ -52,6 +53,9 @@ pub fn write_kube_pki(dir: &Path) -> KubePki {
     std::fs::write(&serving_cert, cert).unwrap();
     std::fs::write(&serving_key, key).unwrap();
     let sa_key = dir.join("sa.key");
-    std::fs::write(&sa_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
-    KubePki { ca_pem: ca.cert_pem, serving_cert, serving_key, sa_key }
+    let sa_pub = dir.join("sa.pub");
+    let sa = KeyPair::generate().unwrap();
+    std::fs::write(&sa_key, sa.serialize_pem()).unwrap();
+    std::fs::write(&sa_pub, sa.public_key_pem()).unwrap();
+    KubePki { ca_pem: ca.cert_pem, serving_cert, serving_key, sa_key, sa_pub }
 }

@@ -111,7 +111,7 @@ impl Kube {
             "--disable-admission-plugins=ServiceAccount".into(),
             "--authorization-mode=RBAC".into(),
             format!("--service-account-issuer=https://127.0.0.1:{port}"),
-            format!("--service-account-key-file={}", pki.sa_key.display()),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
             format!("--service-account-signing-key-file={}", pki.sa_key.display()),
             format!("--token-auth-file={}", dir.join("tokens.csv").display()),
             "--endpoint-reconciler-type=none".into(),

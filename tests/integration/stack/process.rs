@@ -35,8 +35,13 @@ impl Proc {
         Proc { name: name.to_string(), child: Mutex::new(child), log }
     }
 
+    /// Never poisoned: a panic elsewhere must not stop `Drop` from killing the child.
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.lock().unwrap().id()
+        self.child().id()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -57,14 +62,15 @@ impl Proc {
 
     /// Panics with the log tail if the process has exited.
     pub fn assert_running(&self) {
-        if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+        let exited = self.child().try_wait();
+        if let Ok(Some(status)) = exited {
             panic!("{} exited early with {status}\n{}", self.name, self.log_tail());
         }
     }
 
     /// `None` while running, the exit code otherwise.
     pub fn try_exit_code(&self) -> Option<i32> {
-        self.child.lock().unwrap().try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
+        self.child().try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
     }
 
     pub async fn wait_for_port(&self, port: u16, timeout: Duration) {
@@ -93,7 +99,7 @@ impl Proc {
     }
 
     pub fn kill(&self) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child();
         let _ = child.kill();
         let _ = child.wait();
     }
