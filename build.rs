@@ -4,9 +4,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["proto/spire/api/server/entry/v1/entry.proto"];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(false)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(false).compile_fds(fds)?;
     Ok(())
 }

@@ -95,11 +95,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         }
     }
 
-    let path = || {
-        config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
-    };
+    let path = || config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     match sub {
         None | Some(Sub::Run) => Ok(Command::Run { config: path() }),
         Some(Sub::Validate) => Ok(Command::Validate { config: path() }),
@@ -169,15 +165,11 @@ mod tests {
     }
 
     fn run(path: &str) -> Command {
-        Command::Run {
-            config: PathBuf::from(path),
-        }
+        Command::Run { config: PathBuf::from(path) }
     }
 
     fn validate(path: &str) -> Command {
-        Command::Validate {
-            config: PathBuf::from(path),
-        }
+        Command::Validate { config: PathBuf::from(path) }
     }
 
     #[test]
@@ -210,56 +202,16 @@ mod tests {
     #[test]
     fn rejected_forms() {
         let cases: &[(&[&str], CliError, &str)] = &[
-            (
-                &["-verbose"],
-                CliError::UnknownFlag("-verbose".into()),
-                "\"-verbose\"",
-            ),
-            (
-                &["validate", "--nope"],
-                CliError::UnknownFlag("--nope".into()),
-                "\"--nope\"",
-            ),
-            (
-                &["-kubeconfig", "k"],
-                CliError::UnknownFlag("-kubeconfig".into()),
-                "KUBECONFIG",
-            ),
-            (
-                &["-config"],
-                CliError::MissingValue("-config".into()),
-                "needs a value",
-            ),
-            (
-                &["-config", "-h"],
-                CliError::MissingValue("-config".into()),
-                "needs a value",
-            ),
-            (
-                &["--config="],
-                CliError::MissingValue("--config=".into()),
-                "needs a value",
-            ),
-            (
-                &["-version=1"],
-                CliError::UnknownFlag("-version=1".into()),
-                "unknown flag",
-            ),
-            (
-                &["frobnicate"],
-                CliError::UnexpectedArgument("frobnicate".into()),
-                "\"frobnicate\"",
-            ),
-            (
-                &["validate", "run"],
-                CliError::UnexpectedArgument("run".into()),
-                "\"run\"",
-            ),
-            (
-                &["-config", "a", "-config", "b"],
-                CliError::RepeatedConfig,
-                "more than once",
-            ),
+            (&["-verbose"], CliError::UnknownFlag("-verbose".into()), "\"-verbose\""),
+            (&["validate", "--nope"], CliError::UnknownFlag("--nope".into()), "\"--nope\""),
+            (&["-kubeconfig", "k"], CliError::UnknownFlag("-kubeconfig".into()), "KUBECONFIG"),
+            (&["-config"], CliError::MissingValue("-config".into()), "needs a value"),
+            (&["-config", "-h"], CliError::MissingValue("-config".into()), "needs a value"),
+            (&["--config="], CliError::MissingValue("--config=".into()), "needs a value"),
+            (&["-version=1"], CliError::UnknownFlag("-version=1".into()), "unknown flag"),
+            (&["frobnicate"], CliError::UnexpectedArgument("frobnicate".into()), "\"frobnicate\""),
+            (&["validate", "run"], CliError::UnexpectedArgument("run".into()), "\"run\""),
+            (&["-config", "a", "-config", "b"], CliError::RepeatedConfig, "more than once"),
         ];
         for (args, expected, needle) in cases {
             let got = parse(args);

@@ -70,10 +70,7 @@ pub enum ServerAddress {
     /// Plaintext gRPC on the server's local socket (callers there are admins).
     Unix { path: PathBuf },
     /// mTLS gRPC to `host:port`, with an X509-SVID obtained from the agent's Workload API socket.
-    Tcp {
-        address: String,
-        agent_socket_path: PathBuf,
-    },
+    Tcp { address: String, agent_socket_path: PathBuf },
 }
 
 pub use crate::identity::IdSource;
@@ -189,9 +186,7 @@ impl LogFormat {
         match raw.to_ascii_lowercase().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!(
-                "invalid log format {raw:?}, valid values are \"text\" and \"json\""
-            )),
+            _ => Err(format!("invalid log format {raw:?}, valid values are \"text\" and \"json\"")),
         }
     }
 }
@@ -209,9 +204,7 @@ impl LockKind {
         match raw {
             "configmaps" => Ok(LockKind::ConfigMaps),
             "leases" => Ok(LockKind::Leases),
-            _ => Err(format!(
-                "invalid lock kind {raw:?}, valid values are \"configmaps\" and \"leases\""
-            )),
+            _ => Err(format!("invalid lock kind {raw:?}, valid values are \"configmaps\" and \"leases\"")),
         }
     }
 }
@@ -277,18 +270,12 @@ pub struct FieldError {
 impl FieldError {
     /// `key "<key>": <detail>`.
     fn at(key: &str, detail: impl fmt::Display) -> Self {
-        Self {
-            key: key.to_string(),
-            message: format!("key {key:?}: {detail}"),
-        }
+        Self { key: key.to_string(), message: format!("key {key:?}: {detail}") }
     }
 
     /// A message that already names its key(s), for rules that involve several keys.
     fn whole(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.to_string(),
-            message: message.into(),
-        }
+        Self { key: key.to_string(), message: message.into() }
     }
 }
 
@@ -304,19 +291,10 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     /// The file is not valid HCL; reported alone because nothing after it can be trusted.
     #[error("{}", render_syntax(path.as_deref(), *line, *column, message, excerpt))]
-    Syntax {
-        path: Option<PathBuf>,
-        line: usize,
-        column: usize,
-        message: String,
-        excerpt: String,
-    },
+    Syntax { path: Option<PathBuf>, line: usize, column: usize, message: String, excerpt: String },
     /// Every problem found, in file order where possible; one line each.
     #[error("{}", render_invalid(path.as_deref(), errors))]
-    Invalid {
-        path: Option<PathBuf>,
-        errors: Vec<FieldError>,
-    },
+    Invalid { path: Option<PathBuf>, errors: Vec<FieldError> },
 }
 
 impl ConfigError {
@@ -330,23 +308,12 @@ impl ConfigError {
 
     fn in_file(self, file: &Path) -> Self {
         match self {
-            ConfigError::Syntax {
-                line,
-                column,
-                message,
-                excerpt,
-                ..
-            } => ConfigError::Syntax {
-                path: Some(file.to_path_buf()),
-                line,
-                column,
-                message,
-                excerpt,
-            },
-            ConfigError::Invalid { errors, .. } => ConfigError::Invalid {
-                path: Some(file.to_path_buf()),
-                errors,
-            },
+            ConfigError::Syntax { line, column, message, excerpt, .. } => {
+                ConfigError::Syntax { path: Some(file.to_path_buf()), line, column, message, excerpt }
+            }
+            ConfigError::Invalid { errors, .. } => {
+                ConfigError::Invalid { path: Some(file.to_path_buf()), errors }
+            }
             other => other,
         }
     }
@@ -358,13 +325,7 @@ impl ConfigError {
                 let gutter = " ".repeat(line.to_string().len());
                 let caret = " ".repeat(column.saturating_sub(1));
                 let excerpt = format!("  {line} | {}\n  {gutter} | {caret}^", e.line());
-                ConfigError::Syntax {
-                    path: None,
-                    line,
-                    column,
-                    message: e.message().to_string(),
-                    excerpt,
-                }
+                ConfigError::Syntax { path: None, line, column, message: e.message().to_string(), excerpt }
             }
             other => ConfigError::Syntax {
                 path: None,
@@ -385,21 +346,13 @@ fn render_syntax(path: Option<&Path>, line: usize, column: usize, message: &str,
         (None, 0) => String::new(),
         (None, _) => format!("line {line}, column {column}: "),
     };
-    let excerpt = if excerpt.is_empty() {
-        String::new()
-    } else {
-        format!("\n{excerpt}")
-    };
+    let excerpt = if excerpt.is_empty() { String::new() } else { format!("\n{excerpt}") };
     format!("{place}syntax error: {message}{excerpt}")
 }
 
 fn render_invalid(path: Option<&Path>, errors: &[FieldError]) -> String {
     let prefix = path.map(|p| format!("{}: ", p.display())).unwrap_or_default();
-    errors
-        .iter()
-        .map(|e| format!("{prefix}{e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    errors.iter().map(|e| format!("{prefix}{e}")).collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,10 +361,8 @@ fn render_invalid(path: Option<&Path>, errors: &[FieldError]) -> String {
 
 /// Reads and validates a configuration file; errors name the file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text).map_err(|e| e.in_file(path))
 }
 
@@ -423,10 +374,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let config = validate(&raw, &present, &mut ck);
     match config {
         Some(config) if ck.errors.is_empty() => Ok(config),
-        _ => Err(ConfigError::Invalid {
-            path: None,
-            errors: ck.errors,
-        }),
+        _ => Err(ConfigError::Invalid { path: None, errors: ck.errors }),
     }
 }
 
@@ -456,9 +404,9 @@ impl ModeName {
             "webhook" => Ok(ModeName::Webhook),
             "reconcile" => Ok(ModeName::Reconcile),
             "crd" => Ok(ModeName::Crd),
-            _ => Err(format!(
-                "invalid mode {raw:?}, valid values are \"webhook\", \"reconcile\" and \"crd\""
-            )),
+            _ => {
+                Err(format!("invalid mode {raw:?}, valid values are \"webhook\", \"reconcile\" and \"crd\""))
+            }
         }
     }
 }
@@ -670,10 +618,7 @@ fn read_raw(body: hcl::Body, ck: &mut Check) -> (RawConfig, BTreeSet<String>) {
         }
         match block {
             Some(_) if name != "context" => {
-                ck.break_key(
-                    &name,
-                    format!("expected an attribute (`{name} = ...`), got a block"),
-                );
+                ck.break_key(&name, format!("expected an attribute (`{name} = ...`), got a block"));
             }
             Some(b) if !b.labels().is_empty() => {
                 ck.break_key(
@@ -703,11 +648,8 @@ fn read_raw(body: hcl::Body, ck: &mut Check) -> (RawConfig, BTreeSet<String>) {
     }
 
     let present: BTreeSet<String> = groups.iter().map(|(k, _)| k.clone()).collect();
-    let good: Vec<hcl::Structure> = groups
-        .into_iter()
-        .filter(|(k, _)| !ck.broken.contains(k))
-        .flat_map(|(_, group)| group)
-        .collect();
+    let good: Vec<hcl::Structure> =
+        groups.into_iter().filter(|(k, _)| !ck.broken.contains(k)).flat_map(|(_, group)| group).collect();
     let raw = match hcl::from_body::<RawConfig>(hcl::Body(good)) {
         Ok(raw) => raw,
         Err(e) => {
@@ -740,10 +682,7 @@ fn reject_expressions(raw: &RawConfig, ck: &mut Check) {
         let mut found = Vec::new();
         strings(value, &mut found);
         if let Some(expr) = found.iter().find(|s| s.contains("${")) {
-            ck.break_key(
-                key,
-                format!("expected a quoted string, got an expression ({expr})"),
-            );
+            ck.break_key(key, format!("expected a quoted string, got an expression ({expr})"));
         }
     }
 }
@@ -792,11 +731,7 @@ fn any_addr(port: u16) -> SocketAddr {
 fn validate(raw: &RawConfig, present: &BTreeSet<String>, ck: &mut Check) -> Option<Config> {
     let log_level = ck.parsed("log_level", &raw.log_level, LogLevel::Info, LogLevel::parse);
     let log_format = ck.parsed("log_format", &raw.log_format, LogFormat::Text, LogFormat::parse);
-    let log_path = ck
-        .string("log_path", &raw.log_path)
-        .ok()
-        .flatten()
-        .map(PathBuf::from);
+    let log_path = ck.string("log_path", &raw.log_path).ok().flatten().map(PathBuf::from);
     let trust_domain = ck.required("trust_domain", &raw.trust_domain, |s| {
         TrustDomain::parse(s).map_err(|e| format!("malformed trust domain: {e}"))
     });
@@ -807,15 +742,10 @@ fn validate(raw: &RawConfig, present: &BTreeSet<String>, ck: &mut Check) -> Opti
             .map_err(|e| format!("{e} (the cluster name is used as a SPIFFE ID path segment)"))
     });
     let id_source = id_source(raw, ck);
-    let disabled_namespaces = ck.list(
-        "disabled_namespaces",
-        &raw.disabled_namespaces,
-        DEFAULT_DISABLED_NAMESPACES,
-    );
+    let disabled_namespaces =
+        ck.list("disabled_namespaces", &raw.disabled_namespaces, DEFAULT_DISABLED_NAMESPACES);
 
-    let mode_name = ck
-        .parsed("mode", &raw.mode, ModeName::Webhook, ModeName::parse)
-        .ok();
+    let mode_name = ck.parsed("mode", &raw.mode, ModeName::Webhook, ModeName::parse).ok();
     // With an invalid mode we can't tell which keys belong, so mode-specific checks are skipped.
     let mode = mode_name.map(|name| {
         check_mode_keys(name, raw.mode.is_none(), present, ck);
@@ -845,10 +775,7 @@ fn server_address(raw: &RawConfig, ck: &mut Check) -> Option<ServerAddress> {
     let agent = ck.string("agent_socket_path", &raw.agent_socket_path).ok()?;
     match (address, socket) {
         (None, None) => {
-            ck.fail_whole(
-                "server_address",
-                "server_address or server_socket_path must be specified",
-            );
+            ck.fail_whole("server_address", "server_address or server_socket_path must be specified");
             None
         }
         (Some(address), Some(socket)) => {
@@ -861,20 +788,13 @@ fn server_address(raw: &RawConfig, ck: &mut Check) -> Option<ServerAddress> {
             );
             None
         }
-        (None, Some(socket)) => Some(ServerAddress::Unix {
-            path: PathBuf::from(socket),
-        }),
+        (None, Some(socket)) => Some(ServerAddress::Unix { path: PathBuf::from(socket) }),
         (Some(address), None) => match address.strip_prefix("unix://") {
             Some("") => {
-                ck.fail(
-                    "server_address",
-                    "\"unix://\" must be followed by the socket's path",
-                );
+                ck.fail("server_address", "\"unix://\" must be followed by the socket's path");
                 None
             }
-            Some(path) => Some(ServerAddress::Unix {
-                path: PathBuf::from(path),
-            }),
+            Some(path) => Some(ServerAddress::Unix { path: PathBuf::from(path) }),
             None => {
                 if let Err(why) = check_host_port(&address) {
                     ck.fail("server_address", why);
@@ -887,10 +807,7 @@ fn server_address(raw: &RawConfig, ck: &mut Check) -> Option<ServerAddress> {
                     );
                     return None;
                 };
-                Some(ServerAddress::Tcp {
-                    address,
-                    agent_socket_path: PathBuf::from(agent),
-                })
+                Some(ServerAddress::Tcp { address, agent_socket_path: PathBuf::from(agent) })
             }
         },
     }
@@ -901,21 +818,13 @@ fn check_host_port(raw: &str) -> Result<(), String> {
     let bad = || format!("invalid address {raw:?}, expected \"unix://<path>\" or \"host:port\"");
     let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = match host.strip_prefix('[') {
-        Some(v6) => v6
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        Some(v6) => v6.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
         None => {
             !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
         }
     };
-    if host_ok && !port.is_empty() && port.parse::<u16>().is_ok() {
-        Ok(())
-    } else {
-        Err(bad())
-    }
+    if host_ok && !port.is_empty() && port.parse::<u16>().is_ok() { Ok(()) } else { Err(bad()) }
 }
 
 fn id_source(raw: &RawConfig, ck: &mut Check) -> Option<IdSource> {
@@ -955,27 +864,17 @@ fn check_mode_keys(mode: ModeName, defaulted: bool, present: &BTreeSet<String>, 
             ("metrics_bind_addr", _) => "; use \"metrics_addr\" instead",
             _ => "",
         };
-        ck.fail_whole(
-            key,
-            format!("key {key:?} is only valid in {valid} ({mode_text}){hint}"),
-        );
+        ck.fail_whole(key, format!("key {key:?} is only valid in {valid} ({mode_text}){hint}"));
     }
 }
 
 fn webhook(raw: &RawConfig, ck: &mut Check) -> WebhookConfig {
     let path = |ck: &mut Check, key: &str, value: &Option<String>, default: &str| {
-        PathBuf::from(
-            ck.string(key, value)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| default.to_string()),
-        )
+        PathBuf::from(ck.string(key, value).ok().flatten().unwrap_or_else(|| default.to_string()))
     };
     WebhookConfig {
         addr: ck
-            .parsed("addr", &raw.addr, Some(any_addr(8443)), |s| {
-                parse_listen(s, false)
-            })
+            .parsed("addr", &raw.addr, Some(any_addr(8443)), |s| parse_listen(s, false))
             .ok()
             .flatten()
             .unwrap_or(any_addr(8443)),
@@ -999,12 +898,7 @@ fn reconcile(raw: &RawConfig, ck: &mut Check) -> ReconcileConfig {
         leader_election: leader_election(raw, ck),
         metrics_addr: metrics(ck, "metrics_addr", &raw.metrics_addr),
         controller_name: ck
-            .parsed(
-                "controller_name",
-                &raw.controller_name,
-                default_name.to_string(),
-                segment,
-            )
+            .parsed("controller_name", &raw.controller_name, default_name.to_string(), segment)
             .unwrap_or_default(),
         add_pod_dns_names: raw.add_pod_dns_names.unwrap_or(false),
         cluster_dns_zone: ck
@@ -1017,24 +911,12 @@ fn reconcile(raw: &RawConfig, ck: &mut Check) -> ReconcileConfig {
 }
 
 fn crd(raw: &RawConfig, ck: &mut Check) -> CrdConfig {
-    let identity_template = ck
-        .string("identity_template", &raw.identity_template)
-        .ok()
-        .flatten();
-    let identity_template_label = ck
-        .string("identity_template_label", &raw.identity_template_label)
-        .ok()
-        .flatten();
-    let dns_name_templates = ck.list(
-        "dns_name_templates",
-        &raw.dns_name_templates,
-        DEFAULT_DNS_NAME_TEMPLATES,
-    );
-    let context = if ck.broken.contains("context") {
-        Some(BTreeMap::new())
-    } else {
-        raw.context.clone()
-    };
+    let identity_template = ck.string("identity_template", &raw.identity_template).ok().flatten();
+    let identity_template_label =
+        ck.string("identity_template_label", &raw.identity_template_label).ok().flatten();
+    let dns_name_templates =
+        ck.list("dns_name_templates", &raw.dns_name_templates, DEFAULT_DNS_NAME_TEMPLATES);
+    let context = if ck.broken.contains("context") { Some(BTreeMap::new()) } else { raw.context.clone() };
 
     if identity_template.is_some() && (raw.pod_label.is_some() || raw.pod_annotation.is_some()) {
         ck.fail_whole(
@@ -1055,10 +937,7 @@ fn crd(raw: &RawConfig, ck: &mut Check) -> CrdConfig {
                     return;
                 }
                 Some(map) if !map.contains_key(&name) => {
-                    ck.fail_whole(
-                        key,
-                        format!("{what} references non-existing context key {name:?}"),
-                    );
+                    ck.fail_whole(key, format!("{what} references non-existing context key {name:?}"));
                 }
                 Some(_) => {}
             }
@@ -1072,10 +951,7 @@ fn crd(raw: &RawConfig, ck: &mut Check) -> CrdConfig {
     }
 
     let text = |ck: &mut Check, key: &str, value: &Option<String>, default: &str| {
-        ck.string(key, value)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| default.to_string())
+        ck.string(key, value).ok().flatten().unwrap_or_else(|| default.to_string())
     };
     CrdConfig {
         add_svc_dns_name: raw.add_svc_dns_name.unwrap_or(true),
@@ -1120,31 +996,21 @@ fn leader_election(raw: &RawConfig, ck: &mut Check) -> LeaderElection {
             )
             .unwrap_or(LockKind::ConfigMaps),
         namespace: ck
-            .parsed(
-                "leader_election_namespace",
-                &raw.leader_election_namespace,
-                None,
-                |s| check_dns_label(s).map(|()| Some(s.to_string())),
-            )
+            .parsed("leader_election_namespace", &raw.leader_election_namespace, None, |s| {
+                check_dns_label(s).map(|()| Some(s.to_string()))
+            })
             .ok()
             .flatten(),
     }
 }
 
 fn metrics(ck: &mut Check, key: &str, value: &Option<String>) -> Option<SocketAddr> {
-    ck.parsed(key, value, Some(any_addr(8080)), |s| parse_listen(s, true))
-        .ok()
-        .flatten()
+    ck.parsed(key, value, Some(any_addr(8080)), |s| parse_listen(s, true)).ok().flatten()
 }
 
 fn resync(raw: &RawConfig, ck: &mut Check) -> Duration {
-    ck.parsed(
-        "resync_interval",
-        &raw.resync_interval,
-        DEFAULT_RESYNC,
-        parse_duration,
-    )
-    .unwrap_or(DEFAULT_RESYNC)
+    ck.parsed("resync_interval", &raw.resync_interval, DEFAULT_RESYNC, parse_duration)
+        .unwrap_or(DEFAULT_RESYNC)
 }
 
 /// `:PORT` (all IPv4 interfaces, Go's shorthand), `IP:PORT`, `[IPv6]:PORT`, and `0` for "disabled"
@@ -1188,10 +1054,7 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        millis = amount
-            .checked_mul(unit_millis)
-            .and_then(|m| millis.checked_add(m))
-            .ok_or_else(bad)?;
+        millis = amount.checked_mul(unit_millis).and_then(|m| millis.checked_add(m)).ok_or_else(bad)?;
     }
     if millis == 0 {
         return Err(format!("duration {raw:?} must be greater than zero"));
@@ -1213,9 +1076,7 @@ fn format_duration(d: Duration) -> String {
 /// A Kubernetes namespace name (RFC 1123 label).
 fn check_dns_label(raw: &str) -> Result<(), String> {
     let ok = raw.len() <= 63
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !raw.starts_with('-')
         && !raw.ends_with('-');
     if ok {
@@ -1236,10 +1097,7 @@ fn context_refs(template: &str) -> Vec<String> {
     compact
         .match_indices(marker)
         .map(|(at, _)| {
-            compact[at + marker.len()..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect()
+            compact[at + marker.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
         })
         .collect()
 }
@@ -1290,18 +1148,11 @@ disabled_namespaces = ["kube-system", "kube-public", "spire-system"]
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_path, None);
         assert_eq!(c.trust_domain.as_str(), "example.org");
-        assert_eq!(
-            c.server,
-            ServerAddress::Unix {
-                path: "/tmp/spire-server/private/api.sock".into()
-            }
-        );
+        assert_eq!(c.server, ServerAddress::Unix { path: "/tmp/spire-server/private/api.sock".into() });
         assert_eq!(c.cluster, "production");
         assert_eq!(c.id_source, IdSource::ServiceAccount);
-        let ns: BTreeSet<String> = ["kube-system", "kube-public", "spire-system"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let ns: BTreeSet<String> =
+            ["kube-system", "kube-public", "spire-system"].iter().map(|s| s.to_string()).collect();
         assert_eq!(c.disabled_namespaces, ns);
         assert_eq!(
             c.mode,
@@ -1337,10 +1188,7 @@ disabled_namespaces = ["kube-system", "kube-public", "spire-system"]
                 resync_interval: Duration::from_secs(60),
             })
         );
-        let ns: BTreeSet<String> = ["kube-system", "kube-public"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let ns: BTreeSet<String> = ["kube-system", "kube-public"].iter().map(|s| s.to_string()).collect();
         assert_eq!(c.disabled_namespaces, ns);
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(c.mode.leader_election().is_none());
@@ -1400,11 +1248,7 @@ resync_interval = "1m30s"
         assert!(!crd.add_svc_dns_name && !crd.pod_controller && crd.webhook_enabled);
         assert_eq!(
             crd.leader_election,
-            LeaderElection {
-                enabled: true,
-                lock: LockKind::Leases,
-                namespace: Some("spire".into())
-            }
+            LeaderElection { enabled: true, lock: LockKind::Leases, namespace: Some("spire".into()) }
         );
         assert_eq!(crd.metrics_addr, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(crd.webhook_port, 9443);
@@ -1434,22 +1278,13 @@ resync_interval = "1m30s"
             }),
             ("log_level = \"fatal\"", |c| c.log_level.as_filter() == "error"),
             ("log_format = \"json\"", |c| c.log_format == LogFormat::Json),
-            ("pod_label = \"spiffe.io/id\"", |c| {
-                c.id_source == IdSource::Label("spiffe.io/id".into())
-            }),
+            ("pod_label = \"spiffe.io/id\"", |c| c.id_source == IdSource::Label("spiffe.io/id".into())),
             ("pod_annotation = \"spiffe.io/id\"", |c| {
                 c.id_source == IdSource::Annotation("spiffe.io/id".into())
             }),
-            ("resync_interval = \"1500ms\"", |c| {
-                c.mode.resync_interval() == Duration::from_millis(1500)
-            }),
-            ("resync_interval = \"2h\"", |c| {
-                c.mode.resync_interval() == Duration::from_secs(7200)
-            }),
-            (
-                "addr = \"127.0.0.1:443\"",
-                |c| matches!(&c.mode, Mode::Webhook(w) if w.addr.port() == 443),
-            ),
+            ("resync_interval = \"1500ms\"", |c| c.mode.resync_interval() == Duration::from_millis(1500)),
+            ("resync_interval = \"2h\"", |c| c.mode.resync_interval() == Duration::from_secs(7200)),
+            ("addr = \"127.0.0.1:443\"", |c| matches!(&c.mode, Mode::Webhook(w) if w.addr.port() == 443)),
         ];
         for (extra, check) in cases {
             let c = ok(&with(extra));
@@ -1470,12 +1305,7 @@ trust_domain = "example.org"
 server_address = "unix:///run/api.sock"
 cluster = "c"
 "#);
-        assert_eq!(
-            unix.server,
-            ServerAddress::Unix {
-                path: "/run/api.sock".into()
-            }
-        );
+        assert_eq!(unix.server, ServerAddress::Unix { path: "/run/api.sock".into() });
         let tcp = ok(r#"
 trust_domain = "example.org"
 server_address = "spire-server.spire:8081"
@@ -1497,56 +1327,20 @@ cluster = "c"
         let no_server = "trust_domain = \"example.org\"\ncluster = \"c\"";
         let tcp_no_agent = "trust_domain = \"example.org\"\ncluster = \"c\"\nserver_address = \"s:8081\"";
         let cases: Vec<(String, &[&str])> = vec![
-            (
-                with("clustr = \"x\""),
-                &["unknown key \"clustr\" (did you mean \"cluster\"?)"],
-            ),
-            (
-                with("mode = \"crd\"\nadd_svc_dns_names = false"),
-                &["did you mean \"add_svc_dns_name\"?"],
-            ),
-            (
-                with("completely_unrelated_thing = 1"),
-                &["unknown key \"completely_unrelated_thing\""],
-            ),
-            (
-                with("log_level = \"loud\""),
-                &["key \"log_level\"", "invalid log level \"loud\""],
-            ),
-            (
-                with("log_format = \"xml\""),
-                &["key \"log_format\"", "\"text\" and \"json\""],
-            ),
+            (with("clustr = \"x\""), &["unknown key \"clustr\" (did you mean \"cluster\"?)"]),
+            (with("mode = \"crd\"\nadd_svc_dns_names = false"), &["did you mean \"add_svc_dns_name\"?"]),
+            (with("completely_unrelated_thing = 1"), &["unknown key \"completely_unrelated_thing\""]),
+            (with("log_level = \"loud\""), &["key \"log_level\"", "invalid log level \"loud\""]),
+            (with("log_format = \"xml\""), &["key \"log_format\"", "\"text\" and \"json\""]),
             (with("log_path = \"\""), &["key \"log_path\": must not be empty"]),
-            (
-                BASE.replace("trust_domain = \"example.org\"", ""),
-                &["trust_domain must be specified"],
-            ),
-            (
-                BASE.replace("example.org", "Example.ORG"),
-                &["key \"trust_domain\": malformed trust domain"],
-            ),
-            (
-                BASE.replace("cluster = \"demo\"", ""),
-                &["cluster must be specified"],
-            ),
-            (
-                BASE.replace("\"demo\"", "\"\""),
-                &["key \"cluster\": must not be empty"],
-            ),
-            (
-                BASE.replace("\"demo\"", "\"a/b\""),
-                &["key \"cluster\"", "path segment"],
-            ),
+            (BASE.replace("trust_domain = \"example.org\"", ""), &["trust_domain must be specified"]),
+            (BASE.replace("example.org", "Example.ORG"), &["key \"trust_domain\": malformed trust domain"]),
+            (BASE.replace("cluster = \"demo\"", ""), &["cluster must be specified"]),
+            (BASE.replace("\"demo\"", "\"\""), &["key \"cluster\": must not be empty"]),
+            (BASE.replace("\"demo\"", "\"a/b\""), &["key \"cluster\"", "path segment"]),
             (with("cluster_x = 1"), &["unknown key \"cluster_x\""]),
-            (
-                no_server.to_string(),
-                &["server_address or server_socket_path must be specified"],
-            ),
-            (
-                with("server_address = \"unix:///x\""),
-                &["server_address", "server_socket_path", "only one"],
-            ),
+            (no_server.to_string(), &["server_address or server_socket_path must be specified"]),
+            (with("server_address = \"unix:///x\""), &["server_address", "server_socket_path", "only one"]),
             (
                 tcp_no_agent.to_string(),
                 &["agent_socket_path must be specified if the server is not a local socket"],
@@ -1563,18 +1357,9 @@ cluster = "c"
                 with("pod_label = \"a\"\npod_annotation = \"b\""),
                 &["can't specify both pod_label and pod_annotation"],
             ),
-            (
-                with("pod_label = \"\""),
-                &["key \"pod_label\": must not be empty"],
-            ),
-            (
-                with("pod_annotation = \"\""),
-                &["key \"pod_annotation\": must not be empty"],
-            ),
-            (
-                with("mode = \"Reconcile\""),
-                &["key \"mode\"", "invalid mode \"Reconcile\""],
-            ),
+            (with("pod_label = \"\""), &["key \"pod_label\": must not be empty"]),
+            (with("pod_annotation = \"\""), &["key \"pod_annotation\": must not be empty"]),
+            (with("mode = \"Reconcile\""), &["key \"mode\"", "invalid mode \"Reconcile\""]),
             (
                 with("mode = \"reconcile\"\naddr = \":1\""),
                 &["key \"addr\" is only valid in mode \"webhook\" (mode is \"reconcile\")"],
@@ -1585,42 +1370,24 @@ cluster = "c"
                     "key \"leader_election\" is only valid in modes \"reconcile\" and \"crd\" (mode is \"webhook\", the default)",
                 ],
             ),
-            (
-                with("mode = \"crd\"\nmetrics_addr = \":1\""),
-                &["key \"metrics_addr\"", "metrics_bind_addr"],
-            ),
+            (with("mode = \"crd\"\nmetrics_addr = \":1\""), &["key \"metrics_addr\"", "metrics_bind_addr"]),
             (
                 with("mode = \"reconcile\"\nleader_election_resource_lock = \"endpoints\""),
-                &[
-                    "key \"leader_election_resource_lock\"",
-                    "\"configmaps\" and \"leases\"",
-                ],
+                &["key \"leader_election_resource_lock\"", "\"configmaps\" and \"leases\""],
             ),
             (
                 with("mode = \"reconcile\"\nleader_election_namespace = \"Bad_NS\""),
                 &["key \"leader_election_namespace\""],
             ),
-            (
-                with("mode = \"reconcile\"\ncontroller_name = \"a/b\""),
-                &["key \"controller_name\""],
-            ),
+            (with("mode = \"reconcile\"\ncontroller_name = \"a/b\""), &["key \"controller_name\""]),
             (
                 with("mode = \"reconcile\"\nmetrics_addr = \"localhost:80\""),
                 &["key \"metrics_addr\"", "IP:PORT"],
             ),
             (with("addr = \"0\""), &["key \"addr\"", "IP:PORT"]),
-            (
-                with("mode = \"crd\"\nmetrics_bind_addr = \"8080\""),
-                &["key \"metrics_bind_addr\""],
-            ),
-            (
-                with("resync_interval = \"30\""),
-                &["key \"resync_interval\"", "invalid duration"],
-            ),
-            (
-                with("resync_interval = \"0s\""),
-                &["key \"resync_interval\"", "greater than zero"],
-            ),
+            (with("mode = \"crd\"\nmetrics_bind_addr = \"8080\""), &["key \"metrics_bind_addr\""]),
+            (with("resync_interval = \"30\""), &["key \"resync_interval\"", "invalid duration"]),
+            (with("resync_interval = \"0s\""), &["key \"resync_interval\"", "greater than zero"]),
             (
                 with("mode = \"crd\"\npod_label = \"l\"\nidentity_template = \"x\""),
                 &["can only use one of identity_template, pod_annotation, or pod_label"],
@@ -1650,54 +1417,27 @@ cluster = "c"
                 &["key \"cluster\": expected a quoted string, got an expression (${foo})"],
             ),
             (BASE.replace("\"demo\"", "true"), &["key \"cluster\"", "${true}"]),
-            (
-                BASE.replace("\"demo\"", "\"${x}\""),
-                &["key \"cluster\"", "expression"],
-            ),
-            (
-                with("disabled_namespaces = [\"a\", 1]"),
-                &["key \"disabled_namespaces\"", "${1}"],
-            ),
-            (
-                with("disabled_namespaces = \"a\""),
-                &["key \"disabled_namespaces\"", "sequence"],
-            ),
-            (
-                with("disabled_namespaces = [\"\"]"),
-                &["key \"disabled_namespaces\"", "empty"],
-            ),
-            (
-                with("mode = \"crd\"\ncontext { a = 5 }"),
-                &["key \"context\"", "${5}"],
-            ),
-            (
-                with("mode = \"crd\"\ncontext \"x\" { a = \"b\" }"),
-                &["key \"context\"", "labels"],
-            ),
+            (BASE.replace("\"demo\"", "\"${x}\""), &["key \"cluster\"", "expression"]),
+            (with("disabled_namespaces = [\"a\", 1]"), &["key \"disabled_namespaces\"", "${1}"]),
+            (with("disabled_namespaces = \"a\""), &["key \"disabled_namespaces\"", "sequence"]),
+            (with("disabled_namespaces = [\"\"]"), &["key \"disabled_namespaces\"", "empty"]),
+            (with("mode = \"crd\"\ncontext { a = 5 }"), &["key \"context\"", "${5}"]),
+            (with("mode = \"crd\"\ncontext \"x\" { a = \"b\" }"), &["key \"context\"", "labels"]),
             (
                 with("mode = \"crd\"\ncontext { a = \"b\" }\ncontext { c = \"d\" }"),
                 &["key \"context\": is given more than once"],
             ),
-            (
-                with("cluster_dns_zone { }"),
-                &["key \"cluster_dns_zone\"", "got a block"],
-            ),
+            (with("cluster_dns_zone { }"), &["key \"cluster_dns_zone\"", "got a block"]),
             (
                 with("insecure_skip_client_verification = \"yes\""),
                 &["key \"insecure_skip_client_verification\"", "boolean"],
             ),
-            (
-                with("mode = \"crd\"\nwebhook_port = 70000"),
-                &["key \"webhook_port\"", "70000"],
-            ),
+            (with("mode = \"crd\"\nwebhook_port = 70000"), &["key \"webhook_port\"", "70000"]),
         ];
         for (text, needles) in cases {
             let message = err(&text);
             for needle in needles {
-                assert!(
-                    message.contains(needle),
-                    "missing {needle:?} in:\n{message}\n--- config:\n{text}"
-                );
+                assert!(message.contains(needle), "missing {needle:?} in:\n{message}\n--- config:\n{text}");
             }
         }
     }
@@ -1717,15 +1457,7 @@ addr = ":8443"
         )
         .unwrap_err();
         let keys: Vec<&str> = e.errors().iter().map(|f| f.key.as_str()).collect();
-        for key in [
-            "clustr",
-            "modee",
-            "log_level",
-            "leader_election",
-            "addr",
-            "cluster",
-            "server_address",
-        ] {
+        for key in ["clustr", "modee", "log_level", "leader_election", "addr", "cluster", "server_address"] {
             assert!(keys.contains(&key), "no error for {key}: {e}");
         }
         assert_eq!(e.to_string().lines().count(), e.errors().len(), "{e}");
@@ -1742,9 +1474,7 @@ addr = ":8443"
     #[test]
     fn syntax_error_has_line_and_column() {
         let e = parse("trust_domain = \"example.org\"\ncluster = = 3\n").unwrap_err();
-        let ConfigError::Syntax { line, .. } = &e else {
-            panic!("not a syntax error: {e:?}")
-        };
+        let ConfigError::Syntax { line, .. } = &e else { panic!("not a syntax error: {e:?}") };
         assert_eq!(*line, 2);
         let text = e.to_string();
         assert!(text.starts_with("line 2, column "), "{text}");
@@ -1761,10 +1491,7 @@ addr = ":8443"
 
         std::fs::write(&path, with("clustr = \"x\"")).unwrap();
         let text = load(&path).unwrap_err().to_string();
-        assert!(
-            text.starts_with(&format!("{}: unknown key \"clustr\"", path.display())),
-            "{text}"
-        );
+        assert!(text.starts_with(&format!("{}: unknown key \"clustr\"", path.display())), "{text}");
 
         std::fs::write(&path, SEED).unwrap();
         assert_eq!(load(&path).unwrap(), ok(SEED));
@@ -1790,10 +1517,7 @@ addr = ":8443"
         let json: serde_json::Value = serde_json::from_str(&ok(SEED).to_json()).unwrap();
         assert_eq!(json["trust_domain"], "example.org");
         assert_eq!(json["log_level"], "info");
-        assert_eq!(
-            json["server"]["unix"]["path"],
-            "/tmp/spire-server/private/api.sock"
-        );
+        assert_eq!(json["server"]["unix"]["path"], "/tmp/spire-server/private/api.sock");
         assert_eq!(json["id_source"], "service_account");
         assert_eq!(json["mode"]["kind"], "reconcile");
         assert_eq!(json["mode"]["metrics_addr"], "0.0.0.0:8080");
@@ -1804,13 +1528,9 @@ addr = ":8443"
 
     #[test]
     fn durations_round_trip() {
-        for (text, millis) in [
-            ("30s", 30_000),
-            ("5m", 300_000),
-            ("1h", 3_600_000),
-            ("1500ms", 1500),
-            ("1h1m", 3_660_000),
-        ] {
+        for (text, millis) in
+            [("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000), ("1500ms", 1500), ("1h1m", 3_660_000)]
+        {
             let d = parse_duration(text).unwrap();
             assert_eq!(d, Duration::from_millis(millis), "{text}");
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);

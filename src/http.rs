@@ -14,14 +14,16 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// Fault injection hook (test builds only): target name → result.
+pub type Injector = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the endpoints report on.
 #[derive(Clone)]
 pub struct Health {
     pub alive: Arc<AtomicBool>,
     pub ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
-    /// Fault injection hook (test builds only): target name → result.
-    pub inject: Option<Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+    pub inject: Option<Injector>,
 }
 
 pub fn router(health: Health) -> Router {

@@ -19,8 +19,5 @@ pub type LeadershipRx = tokio::sync::watch::Receiver<Leadership>;
 
 /// A channel for a registrar without leader election: leading from the start.
 pub fn always_leading() -> (LeadershipTx, LeadershipRx) {
-    tokio::sync::watch::channel(Leadership {
-        leading: true,
-        epoch: 1,
-    })
+    tokio::sync::watch::channel(Leadership { leading: true, epoch: 1 })
 }

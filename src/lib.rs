@@ -11,6 +11,7 @@
 //!   `/readyz`), [`telemetry`] (logging).
 
 pub mod actors;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod diff;

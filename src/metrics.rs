@@ -14,7 +14,10 @@ pub fn describe() {
     describe_gauge!("registrar_pods", "Pods in the cache.");
     describe_counter!("registrar_actor_restarts_total", "Actor restarts after a failure, by actor kind.");
     describe_gauge!("registrar_is_leader", "1 while this replica holds the leader lock.");
-    describe_counter!("registrar_invalid_identity_total", "Objects whose identity could not be formed, by reason.");
+    describe_counter!(
+        "registrar_invalid_identity_total",
+        "Objects whose identity could not be formed, by reason."
+    );
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
     describe_counter!("registrar_watch_errors_total", "Kubernetes watch errors (retried with backoff).");
 }

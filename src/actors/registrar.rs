@@ -63,7 +63,10 @@ pub enum RegistrarMsg {
     NodesTouched(BTreeSet<String>),
     AllNodesTouched,
     WatcherSynced(WatchKind),
-    ShardSynced { node: String, empty: bool },
+    ShardSynced {
+        node: String,
+        empty: bool,
+    },
     Leadership(Leadership),
     ResyncTick,
     Bootstrap,
@@ -132,7 +135,12 @@ impl RegistrarState {
         k
     }
 
-    fn shard_args(&self, myself: &ActorRef<RegistrarMsg>, node: &str, initial: Option<Vec<Entry>>) -> ShardArgs {
+    fn shard_args(
+        &self,
+        myself: &ActorRef<RegistrarMsg>,
+        node: &str,
+        initial: Option<Vec<Entry>>,
+    ) -> ShardArgs {
         ShardArgs {
             node: node.to_string(),
             initial,
@@ -245,7 +253,11 @@ impl Actor for Registrar {
         Ok(state)
     }
 
-    async fn post_stop(&self, _: ActorRef<RegistrarMsg>, state: &mut RegistrarState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<RegistrarMsg>,
+        state: &mut RegistrarState,
+    ) -> Result<(), ActorProcessingErr> {
         state.leadership_task.abort();
         Ok(())
     }
@@ -310,7 +322,9 @@ impl Actor for Registrar {
                 if let Some(leader) = state.leader.take() {
                     let released = leader.call(LeaderMsg::Release, Some(Duration::from_secs(5))).await;
                     if !matches!(released, Ok(CallResult::Success(()))) {
-                        tracing::warn!("Could not release the leader lock; followers take over after it expires.");
+                        tracing::warn!(
+                            "Could not release the leader lock; followers take over after it expires."
+                        );
                     }
                 }
                 myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(20))).await;
@@ -365,7 +379,10 @@ impl Actor for Registrar {
         metrics::counter!("registrar_actor_restarts_total", "actor" => kind.label()).increment(1);
         tracing::warn!(actor = kind.label(), node = node.as_deref(), error = %why, "Actor stopped; restarting it.");
         if state.restarts.len() > RESTART_BUDGET {
-            return Err(format!("restart budget exhausted ({RESTART_BUDGET} in {RESTART_WINDOW:?}); last: {why}").into());
+            return Err(format!(
+                "restart budget exhausted ({RESTART_BUDGET} in {RESTART_WINDOW:?}); last: {why}"
+            )
+            .into());
         }
         match kind {
             ChildKind::Watcher(k) => {
@@ -427,7 +444,11 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     }
     let mut nodes: BTreeSet<String> = state.args.cache.node_names();
     nodes.extend(by_node.keys().cloned());
-    tracing::info!(nodes = nodes.len(), owned_entries = by_node.values().map(Vec::len).sum::<usize>(), "Initial read done.");
+    tracing::info!(
+        nodes = nodes.len(),
+        owned_entries = by_node.values().map(Vec::len).sum::<usize>(),
+        "Initial read done."
+    );
     for node in nodes {
         match state.shards.get(&node) {
             // A shard that already runs (we were a follower) re-reads its own entries: the

@@ -125,7 +125,8 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
     }
     let mut problems = Vec::new();
     for pod in a.cache.pods_on(&a.node) {
-        let slices = if a.naming.pod_dns_zone.is_some() { a.cache.slices_in(&pod.namespace) } else { Vec::new() };
+        let slices =
+            if a.naming.pod_dns_zone.is_some() { a.cache.slices_in(&pod.namespace) } else { Vec::new() };
         match a.naming.pod_entry_with_warnings(&pod, &slices) {
             Ok(Some(d)) => {
                 for rejected in &d.rejected_dns_names {
@@ -200,12 +201,8 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
     let pool = state.args.pool.get();
-    let reply = pool
-        .call(
-            |reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply },
-            Some(POOL_TIMEOUT),
-        )
-        .await;
+    let reply =
+        pool.call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, Some(POOL_TIMEOUT)).await;
     let outcomes = match reply {
         Ok(CallResult::Success(Ok(outcomes))) => outcomes,
         Ok(CallResult::Success(Err(e))) => return retry_later(myself, state, &e.to_string()),
@@ -244,10 +241,7 @@ fn finish(state: &mut ShardState, start: std::time::Instant) {
     state.backoff = Duration::from_millis(500);
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
     let empty = state.actual.as_ref().is_some_and(Vec::is_empty);
-    let _ = state
-        .args
-        .registrar
-        .cast(RegistrarMsg::ShardSynced { node: state.args.node.clone(), empty });
+    let _ = state.args.registrar.cast(RegistrarMsg::ShardSynced { node: state.args.node.clone(), empty });
 }
 
 fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {

@@ -46,7 +46,11 @@ pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
 
 pub enum PoolMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
-    Apply { ops: Vec<EntryOp>, epoch: u64, reply: RpcReplyPort<ApplyReply> },
+    Apply {
+        ops: Vec<EntryOp>,
+        epoch: u64,
+        reply: RpcReplyPort<ApplyReply>,
+    },
     /// Test-only fault injection: `None` fails the pool itself, `Some(i)` worker `i`.
     Fail(Option<usize>),
 }
@@ -93,7 +97,11 @@ impl Actor for SpirePool {
     type State = PoolState;
     type Arguments = PoolArgs;
 
-    async fn pre_start(&self, myself: ActorRef<PoolMsg>, args: PoolArgs) -> Result<PoolState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
         let mut workers = Vec::new();
         for _ in 0..args.workers.max(1) {
             workers.push(spawn_worker(&myself, &args.client, &args.leadership).await?);
@@ -109,7 +117,9 @@ impl Actor for SpirePool {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMsg::List(filter, reply) => state.pick().cast(WorkerMsg::List(filter, reply))?,
-            PoolMsg::Apply { ops, epoch, reply } => state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?,
+            PoolMsg::Apply { ops, epoch, reply } => {
+                state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?
+            }
             PoolMsg::Fail(None) => return Err("fault injected into the SPIRE pool".into()),
             PoolMsg::Fail(Some(i)) => {
                 if let Some(w) = state.workers.get(i % state.workers.len().max(1)) {
@@ -165,7 +175,11 @@ impl Actor for SpireWorker {
     type State = WorkerArgs;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, _: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
         Ok(args)
     }
 

@@ -89,7 +89,11 @@ impl Actor for Watcher {
     type State = WatcherState;
     type Arguments = WatcherArgs;
 
-    async fn pre_start(&self, myself: ActorRef<WatcherMsg>, args: WatcherArgs) -> Result<WatcherState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WatcherMsg>,
+        args: WatcherArgs,
+    ) -> Result<WatcherState, ActorProcessingErr> {
         let task = match args.kind {
             WatchKind::Pods => spawn_stream::<Pod>(&args.client, myself, |ev| match ev {
                 Ev::Apply(p) => convert::pod_info(&p).map(Delta::Pod),
@@ -120,7 +124,11 @@ impl Actor for Watcher {
         Ok(WatcherState { args, task, synced: false })
     }
 
-    async fn post_stop(&self, _: ActorRef<WatcherMsg>, state: &mut WatcherState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<WatcherMsg>,
+        state: &mut WatcherState,
+    ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
         Ok(())
     }
@@ -143,7 +151,9 @@ impl Actor for Watcher {
                 }
             }
             WatcherMsg::StreamEnded => return Err(format!("{} watch stream ended", kind.label()).into()),
-            WatcherMsg::Fail => return Err(format!("fault injected into the {} watcher", kind.label()).into()),
+            WatcherMsg::Fail => {
+                return Err(format!("fault injected into the {} watcher", kind.label()).into());
+            }
         }
         Ok(())
     }

@@ -55,11 +55,7 @@ impl ClusterCache {
             touched.insert(n);
         }
         if let Some(n) = &pod.node_name {
-            inner
-                .pods_by_node
-                .entry(n.clone())
-                .or_default()
-                .insert(key.clone());
+            inner.pods_by_node.entry(n.clone()).or_default().insert(key.clone());
             touched.insert(n.clone());
         }
         inner.pods.insert(key, pod);
@@ -131,32 +127,20 @@ impl ClusterCache {
     }
 
     pub fn upsert_slice(&self, name: &str, slice: EndpointSliceInfo) {
-        self.write()
-            .slices
-            .insert((slice.namespace.clone(), name.to_string()), slice);
+        self.write().slices.insert((slice.namespace.clone(), name.to_string()), slice);
     }
 
     pub fn remove_slice(&self, namespace: &str, name: &str) {
-        self.write()
-            .slices
-            .remove(&(namespace.to_string(), name.to_string()));
+        self.write().slices.remove(&(namespace.to_string(), name.to_string()));
     }
 
     pub fn replace_slices(&self, slices: Vec<(String, EndpointSliceInfo)>) {
-        self.write().slices = slices
-            .into_iter()
-            .map(|(name, s)| ((s.namespace.clone(), name), s))
-            .collect();
+        self.write().slices = slices.into_iter().map(|(name, s)| ((s.namespace.clone(), name), s)).collect();
     }
 
     /// Slices of one namespace (DNS names only ever come from the pod's own namespace).
     pub fn slices_in(&self, namespace: &str) -> Vec<EndpointSliceInfo> {
-        self.read()
-            .slices
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .map(|(_, s)| s.clone())
-            .collect()
+        self.read().slices.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, s)| s.clone()).collect()
     }
 
     /// Nodes that run at least one pod in `namespace`.

@@ -30,10 +30,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
 }
 
 pub fn node_info(node: &Node) -> Option<NodeInfo> {
-    Some(NodeInfo {
-        name: node.metadata.name.clone()?,
-        uid: node.metadata.uid.clone().unwrap_or_default(),
-    })
+    Some(NodeInfo { name: node.metadata.name.clone()?, uid: node.metadata.uid.clone().unwrap_or_default() })
 }
 
 pub fn slice_info(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {

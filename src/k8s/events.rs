@@ -12,13 +12,9 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn new(client: kube::Client, controller: &str) -> Self {
-        let reporter = Reporter {
-            controller: controller.to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Some(Recorder::new(client, reporter)),
-        }
+        let reporter =
+            Reporter { controller: controller.to_string(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Some(Recorder::new(client, reporter)) }
     }
 
     /// A sink that drops everything (unit tests).

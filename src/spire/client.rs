@@ -78,10 +78,7 @@ impl SpireClient {
 
     /// For an already-built channel (tests, or the TCP/mTLS path).
     pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            inner: EntryClient::new(channel),
-            timeout: CALL_TIMEOUT,
-        }
+        Self { inner: EntryClient::new(channel), timeout: CALL_TIMEOUT }
     }
 
     /// Overrides the per-call deadline.
@@ -152,13 +149,8 @@ impl SpireClient {
                 page_size: PAGE_SIZE,
                 page_token: page_token.clone(),
             };
-            let resp = self
-                .call(
-                    "ListEntries",
-                    req,
-                    |mut c, r| async move { c.list_entries(r).await },
-                )
-                .await?;
+            let resp =
+                self.call("ListEntries", req, |mut c, r| async move { c.list_entries(r).await }).await?;
             for e in &resp.entries {
                 out.push(entry_from_proto(e)?);
             }
@@ -180,9 +172,7 @@ impl SpireClient {
                 output_mask: None,
             };
             let resp = self
-                .call("BatchCreateEntry", req, |mut c, r| async move {
-                    c.batch_create_entry(r).await
-                })
+                .call("BatchCreateEntry", req, |mut c, r| async move { c.batch_create_entry(r).await })
                 .await?;
             check_count("BatchCreateEntry", chunk.len(), resp.results.len())?;
             for r in resp.results {
@@ -190,10 +180,7 @@ impl SpireClient {
                 let code = Code::from_i32(status.code);
                 out.push(match (code, r.entry) {
                     (Code::Ok | Code::AlreadyExists, Some(e)) => Ok(entry_from_proto(&e)?),
-                    _ => Err(ItemError {
-                        code,
-                        message: status.message,
-                    }),
+                    _ => Err(ItemError { code, message: status.message }),
                 });
             }
         }
@@ -211,9 +198,7 @@ impl SpireClient {
                 output_mask: None,
             };
             let resp = self
-                .call("BatchUpdateEntry", req, |mut c, r| async move {
-                    c.batch_update_entry(r).await
-                })
+                .call("BatchUpdateEntry", req, |mut c, r| async move { c.batch_update_entry(r).await })
                 .await?;
             check_count("BatchUpdateEntry", chunk.len(), resp.results.len())?;
             for r in resp.results {
@@ -221,10 +206,7 @@ impl SpireClient {
                 let code = Code::from_i32(status.code);
                 out.push(match (code, r.entry) {
                     (Code::Ok, Some(e)) => Ok(entry_from_proto(&e)?),
-                    _ => Err(ItemError {
-                        code,
-                        message: status.message,
-                    }),
+                    _ => Err(ItemError { code, message: status.message }),
                 });
             }
         }
@@ -237,9 +219,7 @@ impl SpireClient {
         for chunk in ids.chunks(DELETE_BATCH) {
             let req = api::BatchDeleteEntryRequest { ids: chunk.to_vec() };
             let resp = self
-                .call("BatchDeleteEntry", req, |mut c, r| async move {
-                    c.batch_delete_entry(r).await
-                })
+                .call("BatchDeleteEntry", req, |mut c, r| async move { c.batch_delete_entry(r).await })
                 .await?;
             check_count("BatchDeleteEntry", chunk.len(), resp.results.len())?;
             for r in resp.results {
@@ -247,10 +227,7 @@ impl SpireClient {
                 let code = Code::from_i32(status.code);
                 out.push(match code {
                     Code::Ok | Code::NotFound => Ok(()),
-                    _ => Err(ItemError {
-                        code,
-                        message: status.message,
-                    }),
+                    _ => Err(ItemError { code, message: status.message }),
                 });
             }
         }
@@ -260,21 +237,10 @@ impl SpireClient {
     /// Number of entries in the server (unfiltered); a cheap health probe.
     pub async fn count_entries(&self) -> Result<i32> {
         let req = api::CountEntriesRequest { filter: None };
-        Ok(self
-            .call(
-                "CountEntries",
-                req,
-                |mut c, r| async move { c.count_entries(r).await },
-            )
-            .await?
-            .count)
+        Ok(self.call("CountEntries", req, |mut c, r| async move { c.count_entries(r).await }).await?.count)
     }
 }
 
 fn check_count(method: &'static str, sent: usize, got: usize) -> Result<()> {
-    if sent == got {
-        Ok(())
-    } else {
-        Err(Error::ResultCount { method, sent, got })
-    }
+    if sent == got { Ok(()) } else { Err(Error::ResultCount { method, sent, got }) }
 }

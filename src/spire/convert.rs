@@ -12,10 +12,7 @@ use crate::{
 };
 
 pub fn id_to_proto(id: &SpiffeId) -> types::Spiffeid {
-    types::Spiffeid {
-        trust_domain: id.trust_domain().to_string(),
-        path: id.path().to_string(),
-    }
+    types::Spiffeid { trust_domain: id.trust_domain().to_string(), path: id.path().to_string() }
 }
 
 pub fn id_from_proto(id: Option<&types::Spiffeid>) -> Result<SpiffeId, String> {
@@ -25,10 +22,7 @@ pub fn id_from_proto(id: Option<&types::Spiffeid>) -> Result<SpiffeId, String> {
 }
 
 pub fn selector_to_proto(s: &Selector) -> types::Selector {
-    types::Selector {
-        r#type: s.kind.clone(),
-        value: s.value.clone(),
-    }
+    types::Selector { r#type: s.kind.clone(), value: s.value.clone() }
 }
 
 pub fn spec_to_proto(id: &str, spec: &EntrySpec) -> types::Entry {
@@ -45,18 +39,11 @@ pub fn spec_to_proto(id: &str, spec: &EntrySpec) -> types::Entry {
 }
 
 pub fn entry_from_proto(e: &types::Entry) -> Result<Entry, super::Error> {
-    let bad = |reason: String| super::Error::BadEntry {
-        id: e.id.clone(),
-        reason,
-    };
+    let bad = |reason: String| super::Error::BadEntry { id: e.id.clone(), reason };
     let spec = EntrySpec {
         spiffe_id: id_from_proto(e.spiffe_id.as_ref()).map_err(|r| bad(format!("spiffe_id: {r}")))?,
         parent_id: id_from_proto(e.parent_id.as_ref()).map_err(|r| bad(format!("parent_id: {r}")))?,
-        selectors: e
-            .selectors
-            .iter()
-            .map(|s| Selector::new(&s.r#type, &s.value))
-            .collect(),
+        selectors: e.selectors.iter().map(|s| Selector::new(&s.r#type, &s.value)).collect(),
         dns_names: e.dns_names.clone(),
         // SPIRE returns bare names, but accept the prefixed form too so equality stays exact.
         federates_with: e
@@ -66,8 +53,5 @@ pub fn entry_from_proto(e: &types::Entry) -> Result<Entry, super::Error> {
             .collect::<BTreeSet<_>>(),
         downstream: e.downstream,
     };
-    Ok(Entry {
-        id: e.id.clone(),
-        spec,
-    })
+    Ok(Entry { id: e.id.clone(), spec })
 }

@@ -21,19 +21,11 @@ pub enum Error {
     #[error("SPIRE server at {address} is not supported yet: {reason}")]
     Unsupported { address: String, reason: String },
     #[error("SPIRE {method} failed: {code:?}: {message}")]
-    Rpc {
-        method: &'static str,
-        code: tonic::Code,
-        message: String,
-    },
+    Rpc { method: &'static str, code: tonic::Code, message: String },
     #[error("SPIRE returned an entry the registrar cannot read (id {id:?}): {reason}")]
     BadEntry { id: String, reason: String },
     #[error("SPIRE {method} returned {got} results for {sent} items")]
-    ResultCount {
-        method: &'static str,
-        sent: usize,
-        got: usize,
-    },
+    ResultCount { method: &'static str, sent: usize, got: usize },
 }
 
 impl Error {
@@ -41,14 +33,8 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Address { .. } | Error::Unsupported { .. } => "config",
-            Error::Rpc {
-                code: tonic::Code::Unavailable,
-                ..
-            } => "unavailable",
-            Error::Rpc {
-                code: tonic::Code::DeadlineExceeded,
-                ..
-            } => "timeout",
+            Error::Rpc { code: tonic::Code::Unavailable, .. } => "unavailable",
+            Error::Rpc { code: tonic::Code::DeadlineExceeded, .. } => "timeout",
             Error::Rpc { .. } => "rpc",
             Error::BadEntry { .. } | Error::ResultCount { .. } => "protocol",
         }

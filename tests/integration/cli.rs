@@ -54,7 +54,8 @@ disabled_namespaces = ["kube-system", "kube-public", "spire-system"]
     assert!(text.contains("cluster.local"), "defaults filled in: {text}");
 
     let bad = dir.path().join("bad.conf");
-    std::fs::write(&bad, "trust_domain = \"example.org\"\nclustr = \"x\"\nserver_socket_path = \"/s\"\n").unwrap();
+    std::fs::write(&bad, "trust_domain = \"example.org\"\nclustr = \"x\"\nserver_socket_path = \"/s\"\n")
+        .unwrap();
     for args in [vec!["validate", "-config"], vec!["-config"]] {
         let out = bin().args(&args).arg(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
@@ -98,9 +99,20 @@ async fn metrics_health_and_graceful_shutdown() {
         let (_, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
         assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
     }
-    assert_eq!(metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]), Some(2.0));
+    assert_eq!(
+        metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]),
+        Some(2.0)
+    );
     assert!(metric_value(&m, "registrar_objects_processed_total", &[("kind", "pods")]).unwrap() >= 1.0);
-    assert!(metric_value(&m, "spire_call_duration_seconds_count", &[("method", "BatchCreateEntry"), ("outcome", "ok")]).unwrap() >= 1.0);
+    assert!(
+        metric_value(
+            &m,
+            "spire_call_duration_seconds_count",
+            &[("method", "BatchCreateEntry"), ("outcome", "ok")]
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert!(metric_value(&m, "registrar_reconcile_duration_seconds_count", &[]).unwrap() >= 1.0);
     assert_eq!(metric_value(&m, "registrar_shards", &[]), Some(1.0));
     // Labels stay bounded: no pod or node names in any series.

@@ -78,10 +78,16 @@ async fn lease_lock_gives_one_writer_and_failover() {
 
     // The leader dies without releasing: the follower takes over after the lease expires.
     leader.proc.kill();
-    eventually("the follower to lead", Duration::from_secs(60), || async { is_leader(&follower).await.then_some(()) })
-        .await;
+    eventually("the follower to lead", Duration::from_secs(60), || async {
+        is_leader(&follower).await.then_some(())
+    })
+    .await;
     let lease = leases.get("spire-k8s-registrar-leader-election").await.unwrap().spec.unwrap();
-    assert!(lease.holder_identity.unwrap().starts_with(if holder.starts_with("reg-a_") { "reg-b_" } else { "reg-a_" }));
+    assert!(lease.holder_identity.unwrap().starts_with(if holder.starts_with("reg-a_") {
+        "reg-b_"
+    } else {
+        "reg-a_"
+    }));
     assert!(lease.lease_transitions.unwrap_or(0) >= 1);
     pod("a", "p2").on("n1").sa("p2").create(&k).await;
     converge(&spire, expected(&["n1"], &[("n1", "p1"), ("n1", "p2")])).await;
@@ -97,7 +103,8 @@ async fn configmap_lock_releases_on_sigterm() {
     // configmaps is the default lock
     let a = Registrar::start(&stack, "reg-a", "c", ELECTION).await;
     a.wait_ready().await;
-    eventually("reg-a to lead", Duration::from_secs(30), || async { is_leader(&a).await.then_some(()) }).await;
+    eventually("reg-a to lead", Duration::from_secs(30), || async { is_leader(&a).await.then_some(()) })
+        .await;
     let b = Registrar::start(&stack, "reg-b", "c", ELECTION).await;
     b.wait_ready().await;
     converge(&spire, expected(&["n1"], &[])).await;
@@ -114,7 +121,8 @@ async fn configmap_lock_releases_on_sigterm() {
 
     // Graceful shutdown releases the lock, so reg-b takes over well before the lease would expire.
     assert_eq!(a.proc.terminate(Duration::from_secs(20)).await, Some(0));
-    eventually("reg-b to lead", Duration::from_secs(30), || async { is_leader(&b).await.then_some(()) }).await;
+    eventually("reg-b to lead", Duration::from_secs(30), || async { is_leader(&b).await.then_some(()) })
+        .await;
     let rec = record(cms.get("spire-k8s-registrar-leader-election").await.unwrap());
     assert!(rec["holderIdentity"].as_str().unwrap().starts_with("reg-b_"), "{rec}");
     pod("a", "p1").on("n1").sa("p1").create(&k).await;

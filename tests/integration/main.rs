@@ -1,6 +1,7 @@
 //! Black-box tests against real components: etcd, kube-apiserver and spire-server built from the
 //! Go module proxy (see `stack`). One test binary with modules keeps link times down.
 
+mod chaos;
 mod cli;
 mod leader;
 mod reconcile;

@@ -9,7 +9,7 @@ use kube::{Api, api::ListParams};
 
 use crate::{
     registrar::{Registrar, metric_value},
-    stack::Stack,
+    stack::{Stack, set_bundle},
     util::*,
 };
 
@@ -45,21 +45,33 @@ async fn entries_follow_pods_and_nodes() {
     create_node(&k, "n1").await;
     create_node(&k, "n2").await;
     pod("shop", "web").on("n1").sa("web-sa").create(&k).await;
-    pod("shop", "api").on("n2").sa("api-sa").annotation("spiffe.io/federatesWith", " other.org ,other.org,").create(&k).await;
+    pod("shop", "api")
+        .on("n2")
+        .sa("api-sa")
+        .annotation("spiffe.io/federatesWith", " other.org ,other.org,")
+        .create(&k)
+        .await;
     pod("shop", "pending").sa("x").create(&k).await; // not scheduled: no entry yet
     pod("kube-system", "dns").on("n1").create(&k).await; // disabled namespace by default
     // A hand-made entry that is not ours must survive everything below.
     let hand = stack.spire.cli(&[
-        "entry", "create", "-parentID", "spiffe://example.org/spire/agent/x", "-spiffeID",
-        "spiffe://example.org/hand/made", "-selector", "unix:uid:0",
+        "entry",
+        "create",
+        "-parentID",
+        "spiffe://example.org/spire/agent/x",
+        "-spiffeID",
+        "spiffe://example.org/hand/made",
+        "-selector",
+        "unix:uid:0",
     ]);
     assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
     // federation needs a bundle for other.org in SPIRE
-    set_bundle(&stack, "other.org");
+    set_bundle(&stack.spire, stack.dir.path(), "other.org");
 
     let reg = Registrar::start(&stack, "reg", "c1", "").await;
     reg.wait_ready().await;
-    let hand_made = want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["unix:uid:0"]);
+    let hand_made =
+        want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["unix:uid:0"]);
     let mut api = pod_entry("c1", "n2", "shop", "api", "/ns/shop/sa/api-sa");
     api.federates_with = vec!["other.org".into()];
     let entries = converge(
@@ -103,22 +115,18 @@ async fn entries_follow_pods_and_nodes() {
     converge(&spire, vec![node_entry("c1", "n1"), hand_made.clone()]).await;
 
     let metrics = reg.metrics().await;
-    assert!(metric_value(&metrics, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]).unwrap() >= 5.0);
-    assert!(metric_value(&metrics, "registrar_entry_ops_total", &[("op", "delete"), ("outcome", "ok")]).unwrap() >= 3.0);
-    assert!(metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap() >= 1.0);
-}
-
-/// `spire-server bundle set` for a made-up foreign trust domain.
-pub fn set_bundle(stack: &Stack, td: &str) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    let path = stack.dir.path().join(format!("{td}.pem"));
-    std::fs::write(&path, pem).unwrap();
-    let out = stack.spire.cli(&["bundle", "set", "-id", &format!("spiffe://{td}"), "-path", &path.display().to_string()]);
-    assert!(out.status.success(), "bundle set: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        metric_value(&metrics, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]).unwrap()
+            >= 5.0
+    );
+    assert!(
+        metric_value(&metrics, "registrar_entry_ops_total", &[("op", "delete"), ("outcome", "ok")]).unwrap()
+            >= 3.0
+    );
+    assert!(
+        metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap()
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

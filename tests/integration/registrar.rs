@@ -11,7 +11,6 @@ use crate::{
 pub struct Registrar {
     pub proc: Proc,
     pub metrics_port: u16,
-    pub config: PathBuf,
 }
 
 /// The config every test registrar starts from; `extra` is appended (HCL).
@@ -40,7 +39,8 @@ impl Registrar {
         env: &[(&str, &str)],
     ) -> Registrar {
         let kubeconfig = stack.kube.kubeconfig.display().to_string();
-        let mut all_env = vec![("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", name)];
+        let mut all_env =
+            vec![("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", name)];
         all_env.extend_from_slice(env);
         let proc = Proc::spawn_env(
             name,
@@ -49,7 +49,7 @@ impl Registrar {
             stack.dir.path(),
             &all_env,
         );
-        let r = Registrar { proc, metrics_port, config };
+        let r = Registrar { proc, metrics_port };
         r.proc.wait_for_port(metrics_port, Duration::from_secs(30)).await;
         r
     }
@@ -102,7 +102,9 @@ pub async fn http_request(port: u16, method: &str, path: &str) -> (u16, String) 
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return (0, String::new());
     };
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     if s.write_all(req.as_bytes()).await.is_err() {
         return (0, String::new());
     }

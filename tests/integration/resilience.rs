@@ -77,17 +77,22 @@ async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
             .map(|op| metric_value(m, "registrar_entry_ops_total", &[("op", op)]).unwrap_or(0.0))
             .sum::<f64>()
     };
-    let resyncs_before = metric_value(&m1, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+    let resyncs_before =
+        metric_value(&m1, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
     // Wait for at least two more resync rounds (interval 2s) to have read SPIRE.
     eventually("two more resyncs", Duration::from_secs(30), || async {
         let m = reg.metrics().await;
-        let lists = metric_value(&m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+        let lists =
+            metric_value(&m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
         (lists >= resyncs_before + 4.0).then_some(())
     })
     .await;
     let m2 = reg.metrics().await;
     assert_eq!(writes(&m1), writes(&m2), "a resync with nothing changed must not write");
-    assert_eq!(all_shown(&spire).await, { with_hand.sort(); with_hand });
+    assert_eq!(all_shown(&spire).await, {
+        with_hand.sort();
+        with_hand
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,12 +152,17 @@ async fn failed_actors_are_restarted_alone_and_work_continues() {
     pod("a", "p1").on("n1").sa("s1").create(&k).await;
     let reg = Registrar::start(&stack, "reg", "c", "").await;
     reg.wait_ready().await;
-    converge(&spire, vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n1", "a", "p1", "s1")]).await;
+    converge(
+        &spire,
+        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n1", "a", "p1", "s1")],
+    )
+    .await;
 
     for target in ["shard:n1", "pods", "nodes", "pool", "worker:0"] {
         reg.inject(target).await;
     }
-    let restarted = |m: &str, actor: &str| metric_value(m, "registrar_actor_restarts_total", &[("actor", actor)]);
+    let restarted =
+        |m: &str, actor: &str| metric_value(m, "registrar_actor_restarts_total", &[("actor", actor)]);
     let m = eventually("five restarts recorded", Duration::from_secs(30), || async {
         let m = reg.metrics().await;
         let all = ["shard", "pods", "nodes", "spire_pool", "spire_worker"];
@@ -166,6 +176,38 @@ async fn failed_actors_are_restarted_alone_and_work_continues() {
     reg.proc.assert_running();
     pod("a", "p2").on("n2").sa("s2").create(&k).await;
     delete_pod(&k, "a", "p1").await;
-    converge(&spire, vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n2", "a", "p2", "s2")]).await;
+    converge(
+        &spire,
+        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n2", "a", "p2", "s2")],
+    )
+    .await;
     assert_eq!(reg.get("/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_server_outage_is_survived_and_caught_up() {
+    let mut stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("s1").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "s1")]).await;
+
+    // SPIRE goes away; the cluster keeps changing.
+    stack.spire.kill();
+    pod("a", "p2").on("n1").sa("s2").create(&k).await;
+    delete_pod(&k, "a", "p1").await;
+    eventually("a failed sync to be counted", Duration::from_secs(30), || async {
+        metric_value(&reg.metrics().await, "registrar_sync_failures_total", &[]).filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(reg.get("/healthz").await.0, 200, "an unavailable SPIRE server is not a reason to die");
+    reg.proc.assert_running();
+
+    // SPIRE comes back on the same datastore: the registrar catches up exactly.
+    stack.spire.restart().await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "s2")]).await;
 }

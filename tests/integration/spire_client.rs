@@ -8,7 +8,10 @@ use k8s_workload_registrar::{
 };
 use tonic::Code;
 
-use crate::{reconcile::set_bundle, stack::Spire, util::*};
+use crate::{
+    stack::{Spire, set_bundle},
+    util::*,
+};
 
 fn spec(path: &str, parent: &str, pod: &str) -> EntrySpec {
     EntrySpec {
@@ -39,7 +42,8 @@ async fn crud_paging_and_per_item_errors() {
     // everything else comes back exactly as written.
     assert_eq!(updated.spec.dns_names, vec!["a.t".to_string(), "a.t.svc".to_string()]);
     assert!(updated.spec.same_as(&changed.spec));
-    let got = c.list_entries(&ListFilter { by_spiffe_id: Some(id("/w/a")), ..Default::default() }).await.unwrap();
+    let got =
+        c.list_entries(&ListFilter { by_spiffe_id: Some(id("/w/a")), ..Default::default() }).await.unwrap();
     assert_eq!(got, vec![changed.clone()]);
 
     // ALREADY_EXISTS returns the existing entry.
@@ -61,37 +65,33 @@ async fn crud_paging_and_per_item_errors() {
     fed.federates_with = BTreeSet::from(["other.org".to_string()]);
     let r = c.create_entries(std::slice::from_ref(&fed)).await.unwrap().remove(0);
     assert!(r.is_err(), "federation without a bundle must fail: {r:?}");
-    set_bundle_at(&spire, dir.path(), "other.org");
+    set_bundle(&spire, dir.path(), "other.org");
     let r = c.create_entries(std::slice::from_ref(&fed)).await.unwrap().remove(0).unwrap();
     assert_eq!(r.spec.federates_with, fed.federates_with);
 
     // Delete: missing IDs count as deleted.
     let res = c.delete_entries(&[created.id.clone(), "no-such-entry".into()]).await.unwrap();
     assert!(res.iter().all(Result::is_ok), "{res:?}");
-    assert!(c.list_entries(&ListFilter { by_spiffe_id: Some(id("/w/a")), ..Default::default() }).await.unwrap().is_empty());
+    assert!(
+        c.list_entries(&ListFilter { by_spiffe_id: Some(id("/w/a")), ..Default::default() })
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Listing spans several pages (page size 500) and returns every entry exactly once.
-    let many: Vec<EntrySpec> = (0..1203).map(|i| spec(&format!("/many/{i}"), "/reg/node/n2", &format!("p{i}"))).collect();
+    let many: Vec<EntrySpec> =
+        (0..1203).map(|i| spec(&format!("/many/{i}"), "/reg/node/n2", &format!("p{i}"))).collect();
     let results = c.create_entries(&many).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
-    let listed: Vec<Entry> =
-        c.list_entries(&ListFilter { by_parent_id: Some(id("/reg/node/n2")), ..Default::default() }).await.unwrap();
+    let listed: Vec<Entry> = c
+        .list_entries(&ListFilter { by_parent_id: Some(id("/reg/node/n2")), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1203);
     let ids: BTreeSet<&str> = listed.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), 1203, "no entry listed twice");
     let wanted: BTreeSet<EntrySpec> = many.into_iter().collect();
     assert_eq!(listed.into_iter().map(|e| e.spec).collect::<BTreeSet<_>>(), wanted);
     assert_eq!(c.count_entries().await.unwrap(), 1203 + 2, "the many, plus /w/good and /w/fed");
-}
-
-fn set_bundle_at(spire: &Spire, dir: &std::path::Path, td: &str) {
-    let _ = set_bundle; // same procedure as the reconcile tests, on a bare spire-server
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let path = dir.join(format!("{td}.pem"));
-    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
-    let out = spire.cli(&["bundle", "set", "-id", &format!("spiffe://{td}"), "-path", &path.display().to_string()]);
-    assert!(out.status.success(), "bundle set: {}", String::from_utf8_lossy(&out.stderr));
 }

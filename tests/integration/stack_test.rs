@@ -24,7 +24,8 @@ async fn stack_is_real() {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "stack-test"}})).unwrap();
     namespaces.create(&PostParams::default(), &ns).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-a", "labels": {"zone": "z1"}}})).unwrap();
+    let node: Node =
+        serde_json::from_value(json!({"metadata": {"name": "node-a", "labels": {"zone": "z1"}}})).unwrap();
     nodes.create(&PostParams::default(), &node).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "stack-test");
     let pod: Pod = serde_json::from_value(json!({

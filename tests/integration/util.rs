@@ -20,7 +20,7 @@ where
     }
 }
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_workload_registrar::{
@@ -105,7 +105,10 @@ impl PodBuilder {
             "spec": spec,
         }))
         .unwrap();
-        Api::<Pod>::namespaced(client.clone(), &self.namespace).create(&PostParams::default(), &p).await.unwrap()
+        Api::<Pod>::namespaced(client.clone(), &self.namespace)
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap()
     }
 }
 
@@ -166,7 +169,7 @@ pub fn want(spiffe_id: &str, parent_id: &str, selectors: &[&str]) -> Shown {
 /// Every entry in SPIRE, as a sorted list (duplicates stay visible).
 pub async fn all_entries(spire: &SpireClient) -> Vec<Entry> {
     let mut v = spire.list_entries(&ListFilter::default()).await.unwrap();
-    v.sort_by(|a, b| shown(&a.spec).cmp(&shown(&b.spec)));
+    v.sort_by_key(|e| shown(&e.spec));
     v
 }
 
@@ -189,8 +192,4 @@ pub async fn converge(spire: &SpireClient, mut expected: Vec<Shown>) -> Vec<Entr
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-pub fn set<T: Ord + Clone>(items: &[T]) -> BTreeSet<T> {
-    items.iter().cloned().collect()
 }

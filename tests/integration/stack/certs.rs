@@ -32,7 +32,8 @@ impl TestCa {
 
     /// A leaf certificate for `sans` (DNS names or IPs), returning (cert PEM, key PEM).
     pub fn leaf(&self, cn: &str, sans: &[&str], client: bool) -> (String, String) {
-        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = if client {
             vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]

@@ -51,12 +51,7 @@ pub fn free_port() -> u16 {
 
 /// A running kube-apiserver with its etcd.
 pub struct Kube {
-    pub url: String,
     pub kubeconfig: PathBuf,
-    pub ca_pem: String,
-    pub token: String,
-    /// Extra files for webhook tests (admission config etc.) live next to these.
-    pub dir: PathBuf,
     _apiserver: Proc,
     _etcd: Proc,
 }
@@ -127,7 +122,7 @@ impl Kube {
         let url = format!("https://127.0.0.1:{port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
-        let kube = Kube { url, kubeconfig, ca_pem: pki.ca_pem, token, dir, _apiserver: apiserver, _etcd: etcd };
+        let kube = Kube { kubeconfig, _apiserver: apiserver, _etcd: etcd };
         kube.wait_ready().await;
         kube
     }
@@ -148,7 +143,10 @@ impl Kube {
                 other => {
                     self._apiserver.assert_running();
                     if tokio::time::Instant::now() > deadline {
-                        panic!("kube-apiserver not ready after 120s: {other:?}\n{}", self._apiserver.log_tail());
+                        panic!(
+                            "kube-apiserver not ready after 120s: {other:?}\n{}",
+                            self._apiserver.log_tail()
+                        );
                     }
                 }
             }
@@ -181,8 +179,7 @@ fn kubeconfig_yaml(url: &str, ca_pem: &str, token: &str) -> String {
 /// and memory key manager.
 pub struct Spire {
     pub socket: PathBuf,
-    pub bind_port: u16,
-    pub dir: PathBuf,
+    dir: PathBuf,
     proc: Proc,
 }
 
@@ -217,15 +214,31 @@ plugins {{
             data = dir.join("data").display(),
         );
         std::fs::write(dir.join("server.conf"), conf).unwrap();
-        let proc = Proc::spawn(
+        let proc = Self::spawn(&dir);
+        let spire = Spire { socket, dir, proc };
+        spire.wait_healthy().await;
+        spire
+    }
+
+    fn spawn(dir: &Path) -> Proc {
+        Proc::spawn(
             "spire-server",
             &bin("spire-server"),
             &["run", "-config", &dir.join("server.conf").display().to_string()],
-            &dir,
-        );
-        let spire = Spire { socket, bind_port, dir, proc };
-        spire.wait_healthy().await;
-        spire
+            dir,
+        )
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same datastore and socket.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Self::spawn(&self.dir);
+        self.wait_healthy().await;
+    }
+
+    /// Stops the server (SIGKILL); `restart` brings it back.
+    pub fn kill(&self) {
+        self.proc.kill();
     }
 
     async fn wait_healthy(&self) {
@@ -271,14 +284,6 @@ plugins {{
         let v = if let serde_json::Value::Array(mut a) = v { a.remove(0) } else { v };
         v["entries"].as_array().cloned().unwrap_or_default()
     }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    pub fn stop(self) {
-        drop(self);
-    }
 }
 
 /// etcd + kube-apiserver + spire-server in one temp dir.
@@ -299,4 +304,18 @@ impl Stack {
         let (kube, spire) = tokio::join!(Kube::start(dir.path(), opts), Spire::start(dir.path()));
         Stack { kube, spire, dir }
     }
+}
+
+/// `spire-server bundle set` for a made-up foreign trust domain `td`, so entries may federate
+/// with it (SPIRE refuses `federates_with` without a bundle).
+pub fn set_bundle(spire: &Spire, dir: &Path, td: &str) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let path = dir.join(format!("{td}.pem"));
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    let out =
+        spire.cli(&["bundle", "set", "-id", &format!("spiffe://{td}"), "-path", &path.display().to_string()]);
+    assert!(out.status.success(), "bundle set: {}", String::from_utf8_lossy(&out.stderr));
 }

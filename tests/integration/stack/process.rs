@@ -44,10 +44,6 @@ impl Proc {
         self.child().id()
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// Last lines of the process's output, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -1,0 +1,263 @@
+//! Wiring of a running registrar: builds the SPIRE client, the Kubernetes client (unless one is
+//! injected), leader election, the actor system and the HTTP endpoint from a validated
+//! [`Config`], and runs until `shutdown` resolves or the actor system gives up.
+//!
+//! The outside world is injected (`kube::Client`, shutdown future) so the binary, the demo and
+//! tests share this one code path. Every `Config` field of the selected mode is used here or
+//! rejected with a clear error; nothing is silently ignored.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use ractor::{Actor, ActorRef};
+
+use crate::{
+    actors::registrar::{FaultTarget, Registrar, RegistrarArgs, RegistrarMsg},
+    config::{self, Config, Mode, ReconcileConfig, ServerAddress},
+    election::{ElectionConfig, LockKind},
+    http,
+    identity::Naming,
+    k8s::{cache::ClusterCache, events::EventSink},
+    leadership::{self, Leadership},
+    spire::SpireClient,
+};
+
+/// Why the registrar could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mode {0:?} is not available in this build yet; use mode = \"reconcile\"")]
+    ModeUnavailable(&'static str),
+    #[error(
+        "server_address {0:?}: the TCP/mTLS path (agent-issued SVID) is not available in this build yet; run \
+         beside the SPIRE server and use its admin socket (server_socket_path)"
+    )]
+    TcpUnavailable(String),
+    #[error("SPIRE client: {0}")]
+    Spire(#[from] crate::spire::Error),
+    #[error("unable to determine root ID: {0}")]
+    Naming(#[from] crate::identity::IdentityError),
+    #[error("building the Kubernetes client (KUBECONFIG or in-cluster): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Election(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{0}")]
+    Listen(std::io::Error),
+    #[error("starting the actor system: {0}")]
+    Spawn(String),
+    #[error("the actor system stopped (restart budget exhausted; see the log above)")]
+    ActorSystemStopped,
+}
+
+/// The process-wide Prometheus recorder, installed on first use (a process can only have one).
+pub fn metrics_handle() -> Result<PrometheusHandle, Error> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .map_err(|e| Error::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Error::Metrics(e.to_string()))?;
+    crate::metrics::describe();
+    let upkeep = handle.clone();
+    // Without periodic upkeep the exporter's histogram buffers grow without bound.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Runs the registrar described by `cfg` until `shutdown` resolves (then stops gracefully:
+/// releases the leader lock, stops every actor) or the actor system fails.
+pub async fn run(
+    cfg: &Config,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    match &cfg.mode {
+        Mode::Reconcile(rc) => run_reconcile(cfg, rc, client, shutdown).await,
+        Mode::Webhook(_) => Err(Error::ModeUnavailable("webhook")),
+        Mode::Crd(_) => Err(Error::ModeUnavailable("crd")),
+    }
+}
+
+async fn run_reconcile(
+    cfg: &Config,
+    rc: &ReconcileConfig,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let metrics = metrics_handle()?;
+    let spire = match &cfg.server {
+        ServerAddress::Unix { path } => SpireClient::unix(path)?,
+        ServerAddress::Tcp { address, .. } => return Err(Error::TcpUnavailable(address.clone())),
+    };
+    let naming = Arc::new(Naming {
+        trust_domain: cfg.trust_domain.clone(),
+        cluster: cfg.cluster.clone(),
+        controller_name: rc.controller_name.clone(),
+        id_source: cfg.id_source.clone(),
+        disabled_namespaces: cfg.disabled_namespaces.clone(),
+        pod_dns_zone: rc.add_pod_dns_names.then(|| rc.cluster_dns_zone.clone()),
+    });
+    naming.validate()?;
+    let client = match client {
+        Some(c) => c,
+        None => kube::Client::try_default().await?,
+    };
+
+    // Without election the sender must outlive the registrar, or receivers see a closed channel.
+    let mut _always_leading_tx = None;
+    let (election, leadership) = if rc.leader_election.enabled {
+        let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
+        let namespace = match &rc.leader_election.namespace {
+            Some(ns) => ns.clone(),
+            None => own_namespace().ok_or_else(|| {
+                Error::Election(
+                    "needs a namespace for its lock: set leader_election_namespace, POD_NAMESPACE, or run \
+                     in-cluster"
+                        .into(),
+                )
+            })?,
+        };
+        let election = ElectionConfig {
+            lock: match rc.leader_election.lock {
+                config::LockKind::Leases => LockKind::Leases,
+                config::LockKind::ConfigMaps => LockKind::ConfigMaps,
+            },
+            namespace,
+            name: format!("{}-leader-election", rc.controller_name),
+            identity: identity(),
+            ..ElectionConfig::default()
+        };
+        election.validate().map_err(|e| Error::Election(e.to_string()))?;
+        tracing::info!(identity = %election.identity, lock = ?election.lock, namespace = %election.namespace,
+            name = %election.name, "Leader election on.");
+        (Some((election, tx)), rx)
+    } else {
+        let (tx, rx) = leadership::always_leading();
+        _always_leading_tx = Some(tx);
+        (None, rx)
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicBool::new(true));
+    let args = RegistrarArgs {
+        naming,
+        client: client.clone(),
+        spire,
+        cache: ClusterCache::default(),
+        leadership,
+        election,
+        watch_slices: rc.add_pod_dns_names,
+        resync_interval: rc.resync_interval,
+        pool_workers: 2,
+        events: EventSink::new(client, &rc.controller_name),
+        ready: ready.clone(),
+    };
+    let (registrar, registrar_done) =
+        Actor::spawn(None, Registrar, args).await.map_err(|e| Error::Spawn(e.to_string()))?;
+    tracing::info!(cluster = %cfg.cluster, trust_domain = %cfg.trust_domain, "Registrar started in reconcile mode.");
+
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = rc.metrics_addr {
+        let listener = http::bind(addr).await.map_err(Error::Listen)?;
+        let health = http::Health { alive: alive.clone(), ready, metrics, inject: injector(&registrar) };
+        tokio::spawn(http::serve(listener, http::router(health), async {
+            let _ = http_stopped.await;
+        }));
+        tracing::info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    }
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("Shutting down.");
+            let _ = registrar.call(RegistrarMsg::Shutdown, Some(Duration::from_secs(30))).await;
+            registrar.stop(Some("shutdown".into()));
+            let _ = registrar_done.await;
+            Ok(())
+        }
+        _ = stopped(&registrar) => {
+            alive.store(false, Ordering::SeqCst);
+            Err(Error::ActorSystemStopped)
+        }
+    };
+    let _ = stop_http.send(());
+    result
+}
+
+/// Resolves when the registrar actor has stopped for any reason.
+async fn stopped(registrar: &ActorRef<RegistrarMsg>) {
+    while !matches!(registrar.get_status(), ractor::ActorStatus::Stopped | ractor::ActorStatus::Stopping) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type Injector = Option<http::Injector>;
+
+/// `POST /debug/fail/{target}`: `pods`, `nodes`, `endpointslices`, `pool`, `leader`,
+/// `shard:<node>`, `worker:<index>`.
+#[cfg(feature = "fault-injection")]
+fn injector(registrar: &ActorRef<RegistrarMsg>) -> Injector {
+    use crate::actors::watcher::WatchKind;
+    let r = registrar.clone();
+    Some(Arc::new(move |target: &str| {
+        let t = match target.split_once(':') {
+            Some(("shard", node)) => FaultTarget::Shard(node.to_string()),
+            Some(("worker", i)) => FaultTarget::SpireWorker(i.parse().map_err(|_| "bad worker index")?),
+            _ => match target {
+                "pods" => FaultTarget::Watcher(WatchKind::Pods),
+                "nodes" => FaultTarget::Watcher(WatchKind::Nodes),
+                "endpointslices" => FaultTarget::Watcher(WatchKind::EndpointSlices),
+                "pool" => FaultTarget::Pool,
+                "leader" => FaultTarget::Leader,
+                other => return Err(format!("unknown fault target {other:?}")),
+            },
+        };
+        r.cast(RegistrarMsg::Inject(t)).map_err(|e| e.to_string())
+    }))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injector(_: &ActorRef<RegistrarMsg>) -> Injector {
+    let _ = FaultTarget::Pool; // part of the library API either way
+    None
+}
+
+/// The namespace for the leader lock: `POD_NAMESPACE` (Downward API) or the in-cluster
+/// service-account namespace file.
+fn own_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()).or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// `<pod or host name>_<random>`, as client-go users do, so two replicas never share an identity.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "registrar".to_string());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}_{:x}{:08x}", std::process::id(), nanos)
+}
