@@ -15,7 +15,7 @@
 //!    matches no desired spec.
 //!
 //! Several desired specs sharing a selector set follow the same rules, each matched to a distinct
-//! actual entry. Desired is treated as a set: identical specs count once.
+//! actual entry. Desired is treated as a set: specs that are `same_as` each other count once.
 //!
 //! # Guarantees
 //!
@@ -78,6 +78,15 @@ pub fn diff(desired: &[EntrySpec], actual: &[Entry]) -> Vec<EntryOp> {
 
     let (mut deletes, mut updates, mut creates) = (Vec::new(), Vec::new(), Vec::new());
     for (_, (wanted, mut have)) in groups {
+        // Specs that differ only in DNS-name order are one entry to SPIRE; keep the smallest
+        // of each such class (in `Ord` order, so the choice does not depend on input order).
+        let mut kept: Vec<&EntrySpec> = Vec::new();
+        for spec in wanted {
+            if !kept.iter().any(|k| k.same_as(spec)) {
+                kept.push(spec);
+            }
+        }
+        let wanted = kept;
         have.sort_by(|a, b| a.id.cmp(&b.id));
         // Rule 1: keep exact matches. Equality is exact, so greedy matching keeps as many entries
         // as possible; among identical duplicates the smallest ID is kept.
@@ -303,6 +312,13 @@ mod tests {
         specs.iter().enumerate().map(|(i, s)| entry(&format!("e{i:02}"), s.clone())).collect()
     }
 
+    /// `spec` with its DNS names sorted: equal normalized specs are `same_as` each other.
+    fn normalized(spec: &EntrySpec) -> EntrySpec {
+        let mut s = spec.clone();
+        s.dns_names.sort();
+        s
+    }
+
     /// What SPIRE would hold after the ops; panics on an op that touches a missing ID.
     fn apply(actual: &[Entry], ops: &[EntryOp]) -> Vec<Entry> {
         let mut store: BTreeMap<String, EntrySpec> =
@@ -330,9 +346,9 @@ mod tests {
             actual in arb_actual(),
         ) {
             let after = apply(&actual, &diff(&desired, &actual));
-            let mut specs: Vec<EntrySpec> = after.iter().map(|e| e.spec.clone()).collect();
+            let mut specs: Vec<EntrySpec> = after.iter().map(|e| normalized(&e.spec)).collect();
             specs.sort();
-            let mut wanted = desired.clone();
+            let mut wanted: Vec<EntrySpec> = desired.iter().map(normalized).collect();
             wanted.sort();
             wanted.dedup();
             prop_assert_eq!(specs, wanted);
@@ -340,7 +356,7 @@ mod tests {
 
         #[test]
         fn no_ops_when_actual_is_built_from_desired(desired in prop::collection::vec(arb_spec(), 0..8)) {
-            let mut set = desired;
+            let mut set: Vec<EntrySpec> = desired.iter().map(normalized).collect();
             set.sort();
             set.dedup();
             prop_assert_eq!(diff(&set, &entries_from(&set)), vec![]);
