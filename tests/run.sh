@@ -2,7 +2,8 @@
 # Runs every check and every test, the same way locally and in CI (.ci/run calls exactly this).
 #  1. builds (or reuses) the real etcd, kube-apiserver and spire-server in ~/.cache;
 #  2. rustfmt and clippy (-D warnings);
-#  3. all unit and integration tests, failing if any test was ignored (nothing skips silently).
+#  3. all unit and integration tests, failing if any test was ignored (nothing skips silently);
+#  4. the README's demo (`cargo run --example demo`), which must produce its entries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,5 @@ if grep -E "test result: .* [1-9][0-9]* ignored" "$log" >/dev/null; then
   echo "some tests were ignored; every test must run" >&2
   exit 1
 fi
+cargo run --locked --example demo
 echo "all checks passed in $(( $(date +%s) - start ))s"
