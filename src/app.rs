@@ -20,13 +20,18 @@ use ractor::{Actor, ActorRef};
 
 use crate::{
     actors::registrar::{FaultTarget, Registrar, RegistrarArgs, RegistrarMsg},
-    config::{self, Config, Mode, ReconcileConfig, ServerAddress},
+    actors::{
+        leader::LeaderArgs,
+        webhook_root::{WebhookRoot, WebhookRootArgs, WebhookRootMsg},
+    },
+    config::{self, Config, Mode, ReconcileConfig, ServerAddress, WebhookConfig},
     election::{ElectionConfig, LockKind},
     http,
     identity::Naming,
     k8s::{cache::ClusterCache, events::EventSink},
     leadership::{self, Leadership},
     spire::SpireClient,
+    webhook::{admission, backstop::BackstopArgs, handler, server},
 };
 
 /// Why the registrar could not start or stopped abnormally.
@@ -55,6 +60,10 @@ pub enum Error {
     Spawn(String),
     #[error("the actor system stopped (restart budget exhausted; see the log above)")]
     ActorSystemStopped,
+    #[error("webhook: {0}")]
+    Webhook(#[from] crate::webhook::Error),
+    #[error("creating the cluster entry {id}: {reason}")]
+    ClusterEntry { id: String, reason: String },
 }
 
 /// The process-wide Prometheus recorder, installed on first use (a process can only have one).
@@ -90,7 +99,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     match &cfg.mode {
         Mode::Reconcile(rc) => run_reconcile(cfg, rc, client, shutdown).await,
-        Mode::Webhook(_) => Err(Error::ModeUnavailable("webhook")),
+        Mode::Webhook(wc) => run_webhook(cfg, wc, client, shutdown).await,
         Mode::Crd(_) => Err(Error::ModeUnavailable("crd")),
     }
 }
@@ -201,7 +210,7 @@ async fn run_reconcile(
 }
 
 /// Resolves when the registrar actor has stopped for any reason.
-async fn stopped(registrar: &ActorRef<RegistrarMsg>) {
+async fn stopped<M: ractor::Message>(registrar: &ActorRef<M>) {
     while !matches!(registrar.get_status(), ractor::ActorStatus::Stopped | ractor::ActorStatus::Stopping) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -260,4 +269,150 @@ fn identity() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{host}_{:x}{:08x}", std::process::id(), nanos)
+}
+
+/// Webhook mode: the cluster entry at start, the admission webhook over HTTPS, and the
+/// leader-gated reconcile backstop (see `webhook`).
+async fn run_webhook(
+    cfg: &Config,
+    wc: &WebhookConfig,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let metrics = metrics_handle()?;
+    let spire = match &cfg.server {
+        // Short per-call deadline: admissions must answer inside the API server's timeout.
+        ServerAddress::Unix { path } => SpireClient::unix(path)?.with_timeout(admission::CALL_TIMEOUT),
+        ServerAddress::Tcp { address, .. } => return Err(Error::TcpUnavailable(address.clone())),
+    };
+    let naming = Arc::new(Naming {
+        trust_domain: cfg.trust_domain.clone(),
+        cluster: cfg.cluster.clone(),
+        controller_name: "spire-k8s-registrar".into(),
+        id_source: cfg.id_source.clone(),
+        disabled_namespaces: cfg.disabled_namespaces.clone(),
+        pod_dns_zone: None,
+    });
+    naming.validate()?;
+    let files = server::TlsFiles {
+        cert: wc.cert_path.clone(),
+        key: wc.key_path.clone(),
+        ca: (!wc.insecure_skip_client_verification).then(|| wc.cacert_path.clone()),
+    };
+    // Fail fast on bad files, before anything is written anywhere.
+    server::load(&files)?;
+    if wc.insecure_skip_client_verification {
+        tracing::warn!(
+            "insecure_skip_client_verification = true: ANY client that reaches {} can create and delete SPIRE \
+             entries through this webhook. Use it only for testing.",
+            wc.addr
+        );
+    }
+    let listener = server::bind(wc.addr).await?;
+    let client = match client {
+        Some(c) => c,
+        None => kube::Client::try_default().await?,
+    };
+
+    // The one cluster-wide node entry every agent of the cluster matches.
+    let cluster_entry = naming.webhook_cluster_entry()?;
+    match spire.create_entries(std::slice::from_ref(&cluster_entry)).await?.pop() {
+        Some(Ok(e)) => {
+            tracing::info!(spiffe_id = %e.spec.spiffe_id, entry_id = %e.id, "Cluster entry in place.")
+        }
+        Some(Err(item)) => {
+            return Err(Error::ClusterEntry {
+                id: cluster_entry.spiffe_id.to_string(),
+                reason: item.to_string(),
+            });
+        }
+        None => {
+            return Err(Error::ClusterEntry {
+                id: cluster_entry.spiffe_id.to_string(),
+                reason: "no result".into(),
+            });
+        }
+    }
+
+    // The backstop writes only on the leader; replicas coordinate through a Lease when they
+    // know their namespace (in-cluster), otherwise this replica assumes it is alone.
+    let mut _always_leading_tx = None;
+    let (leader, leadership) = match own_namespace() {
+        Some(namespace) => {
+            let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
+            let election = ElectionConfig {
+                lock: LockKind::Leases,
+                namespace,
+                name: "k8s-workload-registrar-webhook-leader-election".into(),
+                identity: identity(),
+                ..ElectionConfig::default()
+            };
+            election.validate().map_err(|e| Error::Election(e.to_string()))?;
+            (Some(LeaderArgs { client: client.clone(), config: election, tx }), rx)
+        }
+        None => {
+            tracing::warn!("No namespace known (POD_NAMESPACE); the backstop runs without leader election.");
+            let (tx, rx) = leadership::always_leading();
+            _always_leading_tx = Some(tx);
+            (None, rx)
+        }
+    };
+    let backstop = BackstopArgs {
+        naming: naming.clone(),
+        spire: spire.clone(),
+        client: client.clone(),
+        leadership,
+        interval: wc.resync_interval,
+    };
+    let (root, root_done) = Actor::spawn(None, WebhookRoot, WebhookRootArgs { backstop, leader })
+        .await
+        .map_err(|e| Error::Spawn(e.to_string()))?;
+
+    let alive = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(true));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = wc.metrics_addr {
+        let listener = http::bind(addr).await.map_err(Error::Listen)?;
+        let health = http::Health { alive: alive.clone(), ready, metrics, inject: webhook_injector(&root) };
+        tokio::spawn(http::serve(listener, http::router(health), async {
+            let _ = http_stopped.await;
+        }));
+    }
+    let admit = admission::Admission { naming, spire, pods: Some(client) }.into_admit();
+    let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, files, handler::router(admit), async {
+        let _ = webhook_stopped.await;
+    }));
+    tracing::info!(addr = %wc.addr, cluster = %cfg.cluster, "Registrar started in webhook mode; serving /validate.");
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("Shutting down.");
+            Ok(())
+        }
+        _ = stopped(&root) => {
+            alive.store(false, Ordering::SeqCst);
+            Err(Error::ActorSystemStopped)
+        }
+    };
+    let _ = stop_webhook.send(());
+    let _ = server.await;
+    let _ = root.call(WebhookRootMsg::Shutdown, Some(Duration::from_secs(20))).await;
+    root.stop(Some("shutdown".into()));
+    let _ = root_done.await;
+    let _ = stop_http.send(());
+    result
+}
+
+#[cfg(feature = "fault-injection")]
+fn webhook_injector(root: &ActorRef<WebhookRootMsg>) -> Injector {
+    let r = root.clone();
+    Some(Arc::new(move |target: &str| {
+        r.cast(WebhookRootMsg::Inject(target.to_string())).map_err(|e| e.to_string())
+    }))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn webhook_injector(_: &ActorRef<WebhookRootMsg>) -> Injector {
+    None
 }

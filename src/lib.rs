@@ -25,3 +25,4 @@ pub mod metrics;
 pub mod model;
 pub mod spire;
 pub mod telemetry;
+pub mod webhook;

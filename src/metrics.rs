@@ -20,4 +20,17 @@ pub fn describe() {
     );
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
     describe_counter!("registrar_watch_errors_total", "Kubernetes watch errors (retried with backoff).");
+    describe_counter!("webhook_requests_total", "Admission requests, by operation and outcome.");
+    describe_histogram!(
+        "webhook_request_duration_seconds",
+        "Admission request latency, by operation and outcome."
+    );
+    describe_counter!(
+        "webhook_tls_handshake_failures_total",
+        "Webhook TLS handshakes that failed, by reason."
+    );
+    describe_counter!(
+        "webhook_certificate_reloads_total",
+        "Webhook serving-certificate reloads, by outcome."
+    );
 }

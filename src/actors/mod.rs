@@ -11,6 +11,7 @@ pub mod registrar;
 pub mod shard;
 pub mod spire_pool;
 pub mod watcher;
+pub mod webhook_root;
 
 use std::sync::{Arc, RwLock};
 

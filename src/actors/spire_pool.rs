@@ -269,3 +269,54 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
     metrics::histogram!("registrar_apply_duration_seconds").record(start.elapsed().as_secs_f64());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{
+        id::{SpiffeId, TrustDomain},
+        leadership::Leadership,
+        model::{EntrySpec, Selector},
+    };
+
+    fn spec() -> EntrySpec {
+        let td = TrustDomain::parse("example.org").unwrap();
+        EntrySpec {
+            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
+            parent_id: SpiffeId::from_path(&td, "/reg/c/node/n1").unwrap(),
+            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        }
+    }
+
+    /// A client whose every call would fail with UNAVAILABLE: if `apply` reached SPIRE, the
+    /// error would be `Spire(..)`, not `Fenced`.
+    fn unreachable_client() -> SpireClient {
+        SpireClient::unix("/nonexistent/kwr-test.sock")
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(50))
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_without_leadership_in_the_same_epoch() {
+        let (tx, rx) = tokio::sync::watch::channel(Leadership { leading: false, epoch: 3 });
+        let ops = vec![EntryOp::Create(spec()), EntryOp::Delete { id: "x".into() }];
+        // Not leading.
+        assert!(matches!(
+            apply(&unreachable_client(), &rx, ops.clone(), 3).await,
+            Err(ApplyError::Fenced(3))
+        ));
+        // Leading again, but in a newer epoch: ops computed under epoch 3 are stale.
+        tx.send(Leadership { leading: true, epoch: 4 }).unwrap();
+        assert!(matches!(
+            apply(&unreachable_client(), &rx, ops.clone(), 3).await,
+            Err(ApplyError::Fenced(3))
+        ));
+        // The current epoch passes the fence (and then fails at the unreachable server).
+        assert!(matches!(apply(&unreachable_client(), &rx, ops, 4).await, Err(ApplyError::Spire(_))));
+    }
+}

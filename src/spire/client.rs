@@ -11,8 +11,14 @@
 //!
 //! Connecting is lazy: the channel dials on first use and redials after the server restarts,
 //! so the client survives SPIRE server restarts without being rebuilt.
+//!
+//! Two transports: the server's admin Unix socket (plaintext, callers are local admins), or its
+//! TCP port with mutual TLS and an X509-SVID from the local agent (see [`SpireClient::tcp_mtls`]).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use hyper_util::rt::TokioIo;
 use tonic::{Code, Request, Status, transport::Channel};
@@ -24,6 +30,7 @@ use super::{
         entry::{self as api, entry_client::EntryClient},
         types,
     },
+    workload::SvidSource,
 };
 use crate::{
     id::SpiffeId,
@@ -76,7 +83,57 @@ impl SpireClient {
         Ok(Self::from_channel(channel))
     }
 
-    /// For an already-built channel (tests, or the TCP/mTLS path).
+    /// A client for the server's TCP port `address` (`host:port`) with mutual TLS, like the
+    /// original registrar: the registrar's own X509-SVID comes from the SPIRE agent's Workload
+    /// API at `agent_socket` (a Unix socket path, no scheme). Waits up to `timeout` for the first
+    /// SVID (so a missing registration shows up at start-up), then returns a lazy client.
+    ///
+    /// The server's chain is verified against the trust-domain bundle from the Workload API and
+    /// any server SPIFFE ID in that trust domain is accepted. The server treats the caller as an
+    /// admin only if an entry with the registrar's SPIFFE ID has `admin = true` (or the ID is in
+    /// the server's `admin_ids`); otherwise Entry API calls fail with `PERMISSION_DENIED`.
+    pub async fn tcp_mtls(address: &str, agent_socket: &Path, timeout: Duration) -> Result<Self> {
+        let source = SvidSource::start(agent_socket);
+        let svid = source.wait_first(timeout).await?;
+        tracing::info!(
+            server = address, agent_socket = %agent_socket.display(), spiffe_id = %svid.spiffe_id,
+            "Dialing remote registration server with credentials from the agent socket."
+        );
+        Self::tcp_mtls_with(address, source)
+    }
+
+    /// Like [`SpireClient::tcp_mtls`] with an SVID source the caller started (and may watch).
+    /// Does not wait: connections made before the source has an SVID fail (`UNAVAILABLE`).
+    /// Every new connection (after a server restart, or the server's 3-minute recycling) uses the
+    /// source's latest SVID and bundle.
+    pub fn tcp_mtls_with(address: &str, source: SvidSource) -> Result<Self> {
+        let bad = |reason: &str| Error::Address { address: address.to_string(), reason: reason.to_string() };
+        let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        port.parse::<u16>().map_err(|_| bad("invalid port"))?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        // The server is authenticated by its SPIFFE ID, not by name (see `tls`); the name only
+        // goes into SNI. Any valid name does, so an unusual host falls back to a fixed one.
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("spire-server").expect("valid name"));
+        // `http`: the TLS is ours (in the connector), tonic must not try its own.
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| bad(&e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        let address = address.to_string();
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let (source, address, server_name) = (source.clone(), address.clone(), server_name.clone());
+            async move {
+                let config = source.current_client_config().map_err(std::io::Error::other)?;
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }));
+        Ok(Self::from_channel(channel))
+    }
+
+    /// For an already-built channel (tests).
     pub fn from_channel(channel: Channel) -> Self {
         Self { inner: EntryClient::new(channel), timeout: CALL_TIMEOUT }
     }

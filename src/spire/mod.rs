@@ -3,14 +3,19 @@
 //!
 //! * [`proto`]: generated code from our own `.proto` files;
 //! * [`convert`]: wire types ⇄ model types;
-//! * [`client`]: connection (admin Unix socket), paged lists, batched writes with per-item
-//!   results, retries on `UNAVAILABLE`, per-call timeouts, call metrics.
+//! * [`client`]: connection (admin Unix socket, or TCP with mutual TLS), paged lists, batched
+//!   writes with per-item results, retries on `UNAVAILABLE`, per-call timeouts, call metrics;
+//! * [`workload`]: the registrar's own X509-SVID from the agent's Workload API (TCP path);
+//! * [`tls`]: the rustls client configuration for the TCP path (SPIFFE server authentication).
 
 pub mod client;
 pub mod convert;
 pub mod proto;
+pub mod tls;
+pub mod workload;
 
 pub use client::{ItemError, ListFilter, SpireClient};
+pub use workload::SvidSource;
 
 /// Errors of the SPIRE boundary. Per-item failures of batch calls are not errors of the call;
 /// they come back as [`ItemError`]s next to the successful items.
@@ -26,6 +31,8 @@ pub enum Error {
     BadEntry { id: String, reason: String },
     #[error("SPIRE {method} returned {got} results for {sent} items")]
     ResultCount { method: &'static str, sent: usize, got: usize },
+    #[error("SPIFFE Workload API: {0}")]
+    WorkloadApi(String),
 }
 
 impl Error {
@@ -37,6 +44,7 @@ impl Error {
             Error::Rpc { code: tonic::Code::DeadlineExceeded, .. } => "timeout",
             Error::Rpc { .. } => "rpc",
             Error::BadEntry { .. } | Error::ResultCount { .. } => "protocol",
+            Error::WorkloadApi(_) => "credentials",
         }
     }
 }

@@ -17,4 +17,10 @@ pub mod spire {
     }
 }
 
+/// The SPIFFE Workload API (agent side). Its protobuf package is empty, as upstream's, so that the
+/// gRPC path is `/SpiffeWorkloadAPI/...`; prost names the output of the empty package `_.rs`.
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
 pub use spire::api::{server::entry::v1 as entry, types};

@@ -8,6 +8,8 @@ mod reconcile;
 mod registrar;
 mod resilience;
 mod spire_client;
+mod spire_tcp;
 mod stack;
 mod stack_test;
 mod util;
+mod webhook;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against, once per machine:
 #   kube-apiserver + etcd  (k8s.io/kubernetes through a wrapper module, see README "Test stack")
-#   spire-server           (github.com/spiffe/spire via `go get -tool`)
+#   spire-server, spire-agent (github.com/spiffe/spire via `go get -tool`)
 # from the Go module proxy, with the `go` client, at pinned versions, into a cache outside the
 # repository. Nothing built here is ever committed. Re-running is cheap: cached binaries are
 # reused. A lock keeps two parallel callers (test processes, CI steps) from building at once.
@@ -75,21 +75,35 @@ build_kube() {
 }
 
 build_spire() {
-  [[ -x "$SPIRE_DIR/spire-server" ]] && return 0
-  log "building spire-server v$SPIRE_VERSION (first run only; ~10-15 min)"
+  # Builds only the binaries that are missing, so adding a new one never rebuilds the others.
+  local missing=() bin
+  for bin in spire-server spire-agent; do
+    [[ -x "$SPIRE_DIR/$bin" ]] || missing+=("$bin")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log "building ${missing[*]} v$SPIRE_VERSION (first run only; ~10-15 min)"
   local work
   work="$(mktemp -d)"
+  rm -rf "$SPIRE_DIR.tmp"
+  mkdir -p "$SPIRE_DIR" "$SPIRE_DIR.tmp"
   (
     cd "$work"
     go mod init example.local/spire-bin >/dev/null 2>&1
-    go get -tool "github.com/spiffe/spire/cmd/spire-server@v$SPIRE_VERSION" >&2
-    mkdir -p "$SPIRE_DIR.tmp"
-    # cgo is mandatory: the sqlite3 datastore is behind `//go:build cgo`.
-    CGO_ENABLED=1 go build -trimpath -ldflags "-s -w" -o "$SPIRE_DIR.tmp/spire-server" \
-      github.com/spiffe/spire/cmd/spire-server
+    for bin in "${missing[@]}"; do
+      go get -tool "github.com/spiffe/spire/cmd/$bin@v$SPIRE_VERSION" >&2
+    done
+    for bin in "${missing[@]}"; do
+      # cgo is mandatory for spire-server: the sqlite3 datastore is behind `//go:build cgo`
+      # (spire-agent is built the same way for symmetry).
+      CGO_ENABLED=1 go build -trimpath -ldflags "-s -w" -o "$SPIRE_DIR.tmp/$bin" \
+        "github.com/spiffe/spire/cmd/$bin"
+    done
   )
-  rm -rf "$work" "$SPIRE_DIR"
-  mv "$SPIRE_DIR.tmp" "$SPIRE_DIR"
+  # Binaries already in $SPIRE_DIR (possibly running) stay untouched; new ones move in whole.
+  for bin in "${missing[@]}"; do
+    mv "$SPIRE_DIR.tmp/$bin" "$SPIRE_DIR/$bin"
+  done
+  rm -rf "$work" "$SPIRE_DIR.tmp"
 }
 
 build_kube
@@ -98,3 +112,4 @@ build_spire
 echo "kube-apiserver=$KUBE_DIR/kube-apiserver"
 echo "etcd=$KUBE_DIR/etcd"
 echo "spire-server=$SPIRE_DIR/spire-server"
+echo "spire-agent=$SPIRE_DIR/spire-agent"

@@ -6,7 +6,7 @@
 //! module proxy into `~/.cache/k8s-workload-registrar/testbin` (under a lock) and prints their
 //! paths; later runs reuse them.
 
-mod certs;
+pub mod certs;
 mod process;
 
 use std::{
@@ -179,12 +179,20 @@ fn kubeconfig_yaml(url: &str, ca_pem: &str, token: &str) -> String {
 /// and memory key manager.
 pub struct Spire {
     pub socket: PathBuf,
+    /// The TCP port (agents, and mTLS clients) on 127.0.0.1.
+    pub bind_port: u16,
     dir: PathBuf,
     proc: Proc,
 }
 
 impl Spire {
     pub async fn start(dir: &Path) -> Spire {
+        Self::start_with(dir, "").await
+    }
+
+    /// Like `start`, with `extra_plugins` (HCL plugin blocks, e.g. a `NodeAttestor`) added to
+    /// the `plugins` section.
+    pub async fn start_with(dir: &Path, extra_plugins: &str) -> Spire {
         let dir = dir.join("spire");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let socket = dir.join("api.sock");
@@ -208,6 +216,7 @@ plugins {{
     KeyManager "memory" {{
         plugin_data {{}}
     }}
+    {extra_plugins}
 }}
 "#,
             sock = socket.display(),
@@ -215,7 +224,7 @@ plugins {{
         );
         std::fs::write(dir.join("server.conf"), conf).unwrap();
         let proc = Self::spawn(&dir);
-        let spire = Spire { socket, dir, proc };
+        let spire = Spire { socket, bind_port, dir, proc };
         spire.wait_healthy().await;
         spire
     }

@@ -1,0 +1,173 @@
+//! What pod admissions do to SPIRE in webhook mode.
+//!
+//! * CREATE of a pod outside disabled namespaces: create its entry (parent = the cluster entry,
+//!   selectors `k8s:ns` + `k8s:pod-name`); an existing identical entry counts as success. A pod
+//!   whose label/annotation cannot form a valid SPIFFE ID is **denied with the reason** (the
+//!   original answered HTTP 500 with no useful message).
+//! * DELETE: remove the entries we own with exactly that pod's selectors — unless a pod of that
+//!   name with a *different* UID exists by now: that is a new incarnation (StatefulSet name
+//!   reuse) that needs the entry, so a late DELETE of the old one must not remove it.
+//! * `dryRun` requests, other operations, other kinds and disabled namespaces: allowed, nothing
+//!   written.
+//! * SPIRE unavailable or slow: an error answer within `call_timeout`, so the API server applies
+//!   the webhook's `failurePolicy` well inside its own timeout; logged and counted.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+use super::{Admit, Operation, Request, Verdict};
+use crate::{
+    identity::{Naming, pod_selectors},
+    k8s::convert,
+    spire::{ListFilter, SpireClient},
+};
+
+/// The admission logic with its outside world.
+pub struct Admission {
+    pub naming: Arc<Naming>,
+    pub spire: SpireClient,
+    /// Used on DELETE to tell a new incarnation of a pod from the one being deleted.
+    pub pods: Option<kube::Client>,
+}
+
+impl Admission {
+    /// The `Admit` function the HTTP handler calls.
+    pub fn into_admit(self) -> Admit {
+        let this = Arc::new(self);
+        Arc::new(move |req| {
+            let this = this.clone();
+            Box::pin(async move { this.decide(req).await })
+        })
+    }
+
+    pub async fn decide(&self, req: Request) -> Verdict {
+        if !req.group.is_empty() || req.kind != "Pod" {
+            tracing::debug!(kind = %req.kind, "Not a pod; allowed untouched.");
+            return Verdict::Allow;
+        }
+        if self.naming.is_disabled(&req.namespace) {
+            return Verdict::Allow;
+        }
+        let verdict = match req.operation {
+            Operation::Create => self.create(&req).await,
+            Operation::Delete => self.delete(&req).await,
+            Operation::Update | Operation::Connect => Verdict::Allow,
+        };
+        if let Verdict::Error(e) = &verdict {
+            tracing::warn!(namespace = %req.namespace, pod = %req.name, error = %e,
+                "Admission could not reach a decision; the webhook's failurePolicy applies.");
+        }
+        verdict
+    }
+
+    async fn create(&self, req: &Request) -> Verdict {
+        let Some(object) = &req.object else {
+            return Verdict::Deny("CREATE request without an object".into());
+        };
+        let mut pod: Pod = match serde_json::from_value(object.clone()) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Deny(format!("object is not a valid Pod: {e}")),
+        };
+        // Objects of namespaced creates may lack metadata.namespace/name; the request has them.
+        if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
+            pod.metadata.namespace = Some(req.namespace.clone());
+        }
+        if pod.metadata.name.as_deref().unwrap_or("").is_empty() {
+            pod.metadata.name = Some(req.name.clone());
+        }
+        let Some(info) = convert::pod_info(&pod) else {
+            return Verdict::Deny("pod has no name".into());
+        };
+        let spec = match self.naming.webhook_pod_entry(&info) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return Verdict::Allow,
+            Err(e) => {
+                metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label())
+                    .increment(1);
+                return Verdict::Deny(format!("k8s-workload-registrar: {e}"));
+            }
+        };
+        if req.dry_run {
+            return Verdict::Allow;
+        }
+        match self.spire.create_entries(std::slice::from_ref(&spec)).await {
+            Ok(mut results) => match results.pop() {
+                Some(Ok(entry)) => {
+                    metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "ok")
+                        .increment(1);
+                    tracing::info!(namespace = %info.namespace, pod = %info.name, spiffe_id = %entry.spec.spiffe_id,
+                        entry_id = %entry.id, "Entry created.");
+                    Verdict::Allow
+                }
+                Some(Err(item)) => {
+                    metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "failed")
+                        .increment(1);
+                    Verdict::Error(format!("SPIRE rejected the entry for {}: {item}", spec.spiffe_id))
+                }
+                None => Verdict::Error("SPIRE returned no result".into()),
+            },
+            Err(e) => Verdict::Error(format!("SPIRE unavailable: {e}")),
+        }
+    }
+
+    async fn delete(&self, req: &Request) -> Verdict {
+        if req.dry_run {
+            return Verdict::Allow;
+        }
+        let old_uid = req
+            .old_object
+            .as_ref()
+            .and_then(|o| o.pointer("/metadata/uid"))
+            .and_then(|u| u.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(client) = &self.pods
+            && !old_uid.is_empty()
+        {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &req.namespace);
+            match api.get_opt(&req.name).await {
+                Ok(Some(current)) if current.metadata.uid.as_deref().is_some_and(|u| u != old_uid) => {
+                    tracing::info!(namespace = %req.namespace, pod = %req.name,
+                        "DELETE of an earlier incarnation; the current pod keeps its entry.");
+                    return Verdict::Allow;
+                }
+                Ok(_) => {}
+                // Not knowing is no reason to block a delete; the backstop repairs mistakes.
+                Err(e) => tracing::warn!(error = %e, "Could not read the pod; deleting its entry anyway."),
+            }
+        }
+        let selectors: Vec<_> = pod_selectors(&req.namespace, &req.name).into_iter().collect();
+        let filter = ListFilter { by_selectors: Some(selectors), ..Default::default() };
+        let entries = match self.spire.list_entries(&filter).await {
+            Ok(e) => e,
+            Err(e) => return Verdict::Error(format!("SPIRE unavailable: {e}")),
+        };
+        // Only our own entries: a hand-made entry with the same selectors is not ours to remove.
+        let ids: Vec<String> =
+            entries.into_iter().filter(|e| self.naming.webhook_owns(&e.spec)).map(|e| e.id).collect();
+        if ids.is_empty() {
+            return Verdict::Allow;
+        }
+        match self.spire.delete_entries(&ids).await {
+            Ok(results) => {
+                let failed: Vec<String> =
+                    results.iter().filter_map(|r| r.as_ref().err()).map(ToString::to_string).collect();
+                metrics::counter!("registrar_entry_ops_total", "op" => "delete", "outcome" => "ok")
+                    .increment((ids.len() - failed.len()) as u64);
+                if failed.is_empty() {
+                    tracing::info!(namespace = %req.namespace, pod = %req.name, entries = ids.len(), "Entries deleted.");
+                    Verdict::Allow
+                } else {
+                    Verdict::Error(format!("deleting entries failed: {}", failed.join("; ")))
+                }
+            }
+            Err(e) => Verdict::Error(format!("SPIRE unavailable: {e}")),
+        }
+    }
+}
+
+/// How long one admission may wait for SPIRE in total; below the API server's default webhook
+/// timeout (10 s), so an unavailable SPIRE yields an answer rather than a timeout.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(4);

@@ -1,0 +1,241 @@
+//! The TCP path to the real spire-server: mutual TLS with an X509-SVID that a real spire-agent
+//! (join-token attested, unix workload attestor) issues to this test process.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use k8s_workload_registrar::{
+    model::{EntrySpec, Selector},
+    spire::{Error, ListFilter, SpireClient, SvidSource},
+};
+use tonic::Code;
+
+use crate::{
+    stack::{Proc, Spire, TRUST_DOMAIN, bin},
+    util::*,
+};
+
+const JOIN_TOKEN_PLUGIN: &str = r#"NodeAttestor "join_token" {
+        plugin_data {}
+    }"#;
+const AGENT_ID: &str = "spiffe://example.org/agent/test";
+const REGISTRAR_ID: &str = "spiffe://example.org/registrar";
+const SVID_WAIT: Duration = Duration::from_secs(60);
+
+/// spire-server with the join-token attestor, and one spire-agent attested with a token.
+/// Field order is drop order: the agent stops before the server, the temp dir goes last.
+struct TcpStack {
+    agent: Proc,
+    spire: Spire,
+    agent_socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl TcpStack {
+    async fn start() -> TcpStack {
+        // Short path: unix socket paths must stay under ~107 bytes.
+        let dir = tempfile::Builder::new().prefix("kwr-").tempdir_in("/tmp").expect("temp dir");
+        let spire = Spire::start_with(dir.path(), JOIN_TOKEN_PLUGIN).await;
+
+        let out = spire.cli(&["token", "generate", "-spiffeID", AGENT_ID, "-ttl", "600"]);
+        assert!(out.status.success(), "token generate: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let token = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Token:"))
+            .unwrap_or_else(|| panic!("no token in {stdout:?}"))
+            .trim()
+            .to_string();
+
+        let agent_dir = dir.path().join("agent");
+        std::fs::create_dir_all(agent_dir.join("data")).unwrap();
+        let out = spire.cli(&["bundle", "show"]);
+        assert!(out.status.success(), "bundle show: {}", String::from_utf8_lossy(&out.stderr));
+        let bundle = agent_dir.join("bundle.pem");
+        std::fs::write(&bundle, &out.stdout).unwrap();
+
+        let agent_socket = agent_dir.join("api.sock");
+        let conf = format!(
+            r#"agent {{
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{sock}"
+    trust_bundle_path = "{bundle}"
+    trust_domain = "{TRUST_DOMAIN}"
+}}
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+            data = agent_dir.join("data").display(),
+            port = spire.bind_port,
+            sock = agent_socket.display(),
+            bundle = bundle.display(),
+        );
+        let conf_path = agent_dir.join("agent.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let agent = Proc::spawn(
+            "spire-agent",
+            &bin("spire-agent"),
+            &["run", "-config", &conf_path.display().to_string(), "-joinToken", &token],
+            &agent_dir,
+        );
+        let stack = TcpStack { agent, spire, agent_socket, dir };
+        stack.wait_agent_healthy().await;
+        stack
+    }
+
+    async fn wait_agent_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = std::process::Command::new(bin("spire-agent"))
+                .args(["healthcheck", "-socketPath"])
+                .arg(&self.agent_socket)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            self.agent.assert_running();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spire-agent not healthy\n{}",
+                self.agent.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.spire.bind_port)
+    }
+
+    /// The selector that matches this test process under the unix workload attestor.
+    fn uid_selector(&self) -> String {
+        // The temp dir was created by this process, so it is owned by its effective uid.
+        format!("unix:uid:{}", std::fs::metadata(self.dir.path()).unwrap().uid())
+    }
+
+    /// `entry create` (or `entry update` of `existing`) for this process's SPIFFE ID.
+    fn registrar_entry(&self, existing: Option<&str>, admin: bool, extra: &[&str]) -> String {
+        let selector = self.uid_selector();
+        let mut args = match existing {
+            Some(id) => vec!["entry", "update", "-entryID", id],
+            None => vec!["entry", "create"],
+        };
+        args.extend(["-parentID", AGENT_ID, "-spiffeID", REGISTRAR_ID, "-selector", &selector]);
+        if admin {
+            args.push("-admin");
+        }
+        args.extend(extra);
+        let out = self.spire.cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let entries = self.spire.cli_entries();
+        let entry = entries.iter().find(|e| e["spiffe_id"]["path"] == "/registrar").expect("registrar entry");
+        assert_eq!(entry["admin"].as_bool().unwrap_or(false), admin, "{entry}");
+        entry["id"].as_str().unwrap().to_string()
+    }
+
+    fn agent_socket(&self) -> &Path {
+        &self.agent_socket
+    }
+}
+
+fn spec(path: &str) -> EntrySpec {
+    EntrySpec {
+        spiffe_id: id(path),
+        parent_id: id("/reg/node/n1"),
+        selectors: BTreeSet::from([Selector::k8s("ns:t"), Selector::k8s("pod-name:tcp")]),
+        dns_names: vec!["tcp.t.svc".into()],
+        federates_with: BTreeSet::new(),
+        downstream: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_svid_from_the_agent_creates_lists_and_deletes_over_tcp() {
+    let stack = TcpStack::start().await;
+    // A short SVID lifetime so that the agent rotates it during the test.
+    stack.registrar_entry(None, true, &["-x509SVIDTTL", "30"]);
+
+    let client = SpireClient::tcp_mtls(&stack.address(), stack.agent_socket(), SVID_WAIT).await.unwrap();
+
+    let wanted = spec("/w/tcp");
+    let created = client.create_entries(std::slice::from_ref(&wanted)).await.unwrap().remove(0).unwrap();
+    assert_eq!(created.spec, wanted);
+    let by_id = ListFilter { by_spiffe_id: Some(id("/w/tcp")), ..Default::default() };
+    assert_eq!(client.list_entries(&by_id).await.unwrap(), vec![created.clone()]);
+    // Independent proof through the admin socket: SPIRE holds exactly that.
+    let shown = stack.spire.cli_entries();
+    let e = shown.iter().find(|e| e["spiffe_id"]["path"] == "/w/tcp").expect("entry in SPIRE");
+    assert_eq!(e["id"], created.id.as_str());
+    assert_eq!(e["parent_id"]["path"], "/reg/node/n1");
+    assert_eq!(e["dns_names"], serde_json::json!(["tcp.t.svc"]));
+    assert_eq!(client.count_entries().await.unwrap(), 2, "the registrar's own entry and /w/tcp");
+
+    let deleted = client.delete_entries(std::slice::from_ref(&created.id)).await.unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    assert!(client.list_entries(&by_id).await.unwrap().is_empty());
+    assert!(!stack.spire.cli_entries().iter().any(|e| e["spiffe_id"]["path"] == "/w/tcp"));
+
+    // Rotation: the source keeps the latest SVID, and new connections present it.
+    let source = SvidSource::start(stack.agent_socket());
+    let first = source.wait_first(SVID_WAIT).await.unwrap();
+    assert_eq!(first.spiffe_id.to_string(), REGISTRAR_ID);
+    let rotated = eventually("the agent rotates the 30 s SVID", Duration::from_secs(60), || async {
+        source.current().filter(|s| s.cert_chain[0] != first.cert_chain[0])
+    })
+    .await;
+    assert!(source.updates() >= 2);
+    assert_eq!(rotated.spiffe_id.to_string(), REGISTRAR_ID);
+    let fresh = SpireClient::tcp_mtls_with(&stack.address(), source.clone()).unwrap();
+    assert_eq!(fresh.count_entries().await.unwrap(), 1);
+    // The first client, whose source rotated too, keeps working.
+    assert_eq!(client.count_entries().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_admin_is_denied_until_its_entry_says_admin() {
+    let stack = TcpStack::start().await;
+
+    // No entry yet: the agent issues nothing, and start-up fails with the agent's reason.
+    let err = SpireClient::tcp_mtls(&stack.address(), stack.agent_socket(), Duration::from_secs(3))
+        .await
+        .err()
+        .expect("no SVID without a registration entry");
+    assert!(matches!(err, Error::WorkloadApi(_)), "{err}");
+    assert!(err.to_string().contains("PermissionDenied"), "{err}");
+
+    let entry_id = stack.registrar_entry(None, false, &[]);
+    let client = SpireClient::tcp_mtls(&stack.address(), stack.agent_socket(), SVID_WAIT).await.unwrap();
+    match client.list_entries(&ListFilter::default()).await {
+        Err(Error::Rpc { method: "ListEntries", code: Code::PermissionDenied, .. }) => {}
+        other => panic!("a non-admin SVID must get PERMISSION_DENIED, got {other:?}"),
+    }
+    match client.create_entries(&[spec("/w/denied")]).await {
+        Err(Error::Rpc { code: Code::PermissionDenied, .. }) => {}
+        other => panic!("a non-admin SVID must get PERMISSION_DENIED, got {other:?}"),
+    }
+
+    // The same SVID (same SPIFFE ID) becomes admin once its entry says so.
+    stack.registrar_entry(Some(&entry_id), true, &[]);
+    let listed = eventually("the server sees the admin flag", SVID_WAIT, || async {
+        client.list_entries(&ListFilter::default()).await.ok()
+    })
+    .await;
+    assert_eq!(listed.iter().map(|e| e.spec.spiffe_id.to_string()).collect::<Vec<_>>(), vec![REGISTRAR_ID]);
+}

@@ -1,0 +1,282 @@
+//! Webhook mode against the real stack: kube-apiserver calls the registrar's
+//! ValidatingAdmissionWebhook over HTTPS, presenting a client certificate configured through its
+//! AdmissionConfiguration; entries appear and vanish in the real spire-server.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use base64::Engine;
+use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    registrar::{Registrar, metric_value},
+    stack::{KubeOptions, Stack, certs::TestCa, free_port},
+    util::*,
+};
+
+const CLUSTER_NODE: &str = "spiffe://example.org/k8s-workload-registrar/wc/node";
+
+struct Pki {
+    ca: TestCa,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn write(&self, name: &str, pem: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// A stack whose API server presents `client` certs to webhooks.
+async fn webhook_stack() -> (Stack, Pki) {
+    let dir = tempfile::Builder::new().prefix("kwr-wh-").tempdir_in("/tmp").unwrap().keep();
+    let pki = Pki { ca: TestCa::new("registrar webhook ca"), dir };
+    let (client_cert, client_key) = pki.ca.leaf("kube-apiserver", &[], true);
+    let kubeconfig = pki.write(
+        "webhook-kubeconfig.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    client-certificate-data: {}\n    \
+             client-key-data: {}\n",
+            b64(&client_cert),
+            b64(&client_key)
+        ),
+    );
+    let admission = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n\
+         - name: ValidatingAdmissionWebhook\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    \
+         kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+        kubeconfig.display()
+    );
+    let stack = Stack::start_with(KubeOptions { admission_config: Some(admission) }).await;
+    (stack, pki)
+}
+
+/// Starts the registrar in webhook mode and registers it with the API server.
+async fn start_registrar(stack: &Stack, pki: &Pki, name: &str, port: u16, extra: &str) -> Registrar {
+    let (cert, key) = pki.ca.leaf("registrar", &["127.0.0.1", "localhost"], false);
+    let cert = pki.write(&format!("{name}-server.pem"), &cert);
+    let key = pki.write(&format!("{name}-server-key.pem"), &key);
+    let ca = pki.write("ca.pem", &pki.ca.cert_pem);
+    let metrics_port = free_port();
+    let config = stack.dir.path().join(format!("{name}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{sock}\"\ncluster = \"wc\"\nlog_level = \"debug\"\n\
+             addr = \"127.0.0.1:{port}\"\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\ncacert_path = \"{ca}\"\n\
+             metrics_addr = \"127.0.0.1:{metrics_port}\"\nresync_interval = \"2s\"\n{extra}\n",
+            sock = stack.spire.socket.display(),
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.display(),
+        ),
+    )
+    .unwrap();
+    let r = Registrar::start_with_config(stack, name, config, metrics_port, &[]).await;
+    r.proc.wait_for_port(port, Duration::from_secs(30)).await;
+    r
+}
+
+async fn register_webhook(stack: &Stack, pki: &Pki, port: u16, failure_policy: &str) {
+    let k = stack.kube.client().await;
+    let cfg: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "k8s-workload-registrar-webhook"},
+        "webhooks": [{
+            "name": "k8s-workload-registrar.spire.svc",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate"), "caBundle": b64(&pki.ca.cert_pem)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "failurePolicy": failure_policy,
+            "sideEffects": "NoneOnDryRun",
+            "admissionReviewVersions": ["v1", "v1beta1"],
+            "timeoutSeconds": 10,
+        }],
+    }))
+    .unwrap();
+    Api::<ValidatingWebhookConfiguration>::all(k).create(&PostParams::default(), &cfg).await.unwrap();
+}
+
+fn cluster_entry() -> Shown {
+    want(CLUSTER_NODE, "spiffe://example.org/spire/server", &["k8s_psat:cluster:wc"])
+}
+
+fn pod_entry(ns: &str, pod: &str, path: &str) -> Shown {
+    want(
+        &format!("spiffe://example.org{path}"),
+        CLUSTER_NODE,
+        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
+    )
+}
+
+/// POSTs `body` to the webhook over TLS, with or without a client certificate.
+async fn post_review(pki: &Pki, port: u16, body: &str, client_cert: bool) -> Result<(u16, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = if client_cert {
+        let (cert, key) = pki.ca.leaf("kube-apiserver", &[], true);
+        let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let req = format!(
+        "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no response: {text:?}"))?;
+    Ok((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_creates_and_deletes_entries() {
+    let (stack, pki) = webhook_stack().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    let port = free_port();
+    let reg = start_registrar(&stack, &pki, "wh", port, "pod_label = \"spiffe.io/id\"").await;
+    register_webhook(&stack, &pki, port, "Fail").await;
+    create_namespace(&k, "apps").await;
+    converge(&spire, vec![cluster_entry()]).await;
+
+    // The API server reaches the webhook (with its client certificate) on every pod create.
+    pod("apps", "web").label("spiffe.io/id", "web").create(&k).await;
+    pod("apps", "nolabel").create(&k).await;
+    pod("kube-system", "dns").label("spiffe.io/id", "dns").create(&k).await; // disabled namespace
+    // Admission is synchronous: the entry exists as soon as the create returned.
+    assert_eq!(all_shown(&spire).await, {
+        let mut v = vec![cluster_entry(), pod_entry("apps", "web", "/web")];
+        v.sort();
+        v
+    });
+
+    // A dry-run create changes nothing.
+    let p: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "dry", "labels": {"spiffe.io/id": "dry"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(k.clone(), "apps");
+    pods.create(&PostParams { dry_run: true, ..Default::default() }, &p).await.unwrap();
+    // An invalid identity is denied with the reason (empty label value: no valid path segment).
+    let bad: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "bad", "labels": {"spiffe.io/id": ""}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+    let err = pods.create(&PostParams::default(), &bad).await.unwrap_err().to_string();
+    assert!(err.contains("denied") && err.contains("spiffe.io/id"), "{err}");
+    assert_eq!(all_shown(&spire).await.len(), 2);
+
+    // Deleting the pod removes its entry.
+    delete_pod(&k, "apps", "web").await;
+    converge(&spire, vec![cluster_entry()]).await;
+
+    // A client without a certificate is refused.
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CONNECT",
+                    "namespace": "apps", "name": "x"}}).to_string();
+    assert!(
+        post_review(&pki, port, &review, false).await.is_err(),
+        "a client without certificate got an answer"
+    );
+    let (code, body) = post_review(&pki, port, &review, true).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"uid\":\"u1\"") && body.contains("\"allowed\":true"), "{body}");
+
+    let m = reg.metrics().await;
+    assert!(metric_value(&m, "webhook_requests_total", &[]).unwrap() >= 4.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_name_reuse_and_downtime_are_repaired() {
+    let (stack, pki) = webhook_stack().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    let port = free_port();
+    let reg = start_registrar(&stack, &pki, "wh", port, "").await;
+    // Ignore: pods can be deleted while the webhook is down (the backstop cleans up after).
+    register_webhook(&stack, &pki, port, "Ignore").await;
+    create_namespace(&k, "db").await;
+
+    // StatefulSet-style: web-0 is deleted and recreated with the same name; a late DELETE
+    // admission of the old incarnation must not remove the new pod's entry.
+    let old = pod("db", "web-0").sa("db").create(&k).await;
+    converge(&spire, vec![cluster_entry(), pod_entry("db", "web-0", "/ns/db/sa/db")]).await;
+    delete_pod(&k, "db", "web-0").await;
+    let new = pod("db", "web-0").sa("db").create(&k).await;
+    assert_ne!(old.metadata.uid, new.metadata.uid);
+    let late_delete = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "late", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "DELETE",
+                    "namespace": "db", "name": "web-0", "oldObject": old}}).to_string();
+    let entry_id = |entries: &[k8s_workload_registrar::model::Entry]| {
+        entries
+            .iter()
+            .find(|e| shown(&e.spec) == pod_entry("db", "web-0", "/ns/db/sa/db"))
+            .map(|e| e.id.clone())
+    };
+    let before = entry_id(&all_entries(&spire).await).expect("web-0 has an entry");
+    let (code, body) = post_review(&pki, port, &late_delete, true).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    // The very same entry is still there (not deleted and recreated by the backstop).
+    assert_eq!(entry_id(&all_entries(&spire).await), Some(before));
+
+    // Downtime: the registrar stops; a pod is deleted and another created meanwhile.
+    pod("db", "keep").sa("keep").create(&k).await;
+    pod("db", "gone").sa("gone").create(&k).await;
+    converge(
+        &spire,
+        vec![
+            cluster_entry(),
+            pod_entry("db", "web-0", "/ns/db/sa/db"),
+            pod_entry("db", "keep", "/ns/db/sa/keep"),
+            pod_entry("db", "gone", "/ns/db/sa/gone"),
+        ],
+    )
+    .await;
+    reg.proc.kill();
+    let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    Api::<Pod>::namespaced(k.clone(), "db").delete("gone", &dp).await.unwrap();
+    pod("db", "new").sa("new").create(&k).await;
+    let _reg = start_registrar(&stack, &pki, "wh2", port, "").await;
+    converge(
+        &spire,
+        vec![
+            cluster_entry(),
+            pod_entry("db", "web-0", "/ns/db/sa/db"),
+            pod_entry("db", "keep", "/ns/db/sa/keep"),
+            pod_entry("db", "new", "/ns/db/sa/new"),
+        ],
+    )
+    .await;
+}
