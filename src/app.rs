@@ -9,7 +9,7 @@
 use std::{
     future::Future,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -39,11 +39,6 @@ use crate::{
 pub enum Error {
     #[error("mode {0:?} is not available in this build yet; use mode = \"reconcile\"")]
     ModeUnavailable(&'static str),
-    #[error(
-        "server_address {0:?}: the TCP/mTLS path (agent-issued SVID) is not available in this build yet; run \
-         beside the SPIRE server and use its admin socket (server_socket_path)"
-    )]
-    TcpUnavailable(String),
     #[error("SPIRE client: {0}")]
     Spire(#[from] crate::spire::Error),
     #[error("unable to determine root ID: {0}")]
@@ -66,10 +61,12 @@ pub enum Error {
     ClusterEntry { id: String, reason: String },
 }
 
-/// The process-wide Prometheus recorder, installed on first use (a process can only have one).
+/// The process-wide Prometheus recorder, installed on first use (a process can only have one;
+/// the lock makes concurrent first callers — e.g. several registrars in the demo — safe).
 pub fn metrics_handle() -> Result<PrometheusHandle, Error> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = slot.as_ref() {
         return Ok(h.clone());
     }
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -87,8 +84,12 @@ pub fn metrics_handle() -> Result<PrometheusHandle, Error> {
             upkeep.run_upkeep();
         }
     });
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
+
+/// How long start-up waits for the registrar's own X509-SVID from the agent (TCP path).
+const FIRST_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the registrar described by `cfg` until `shutdown` resolves (then stops gracefully:
 /// releases the leader lock, stops every actor) or the actor system fails.
@@ -113,7 +114,9 @@ async fn run_reconcile(
     let metrics = metrics_handle()?;
     let spire = match &cfg.server {
         ServerAddress::Unix { path } => SpireClient::unix(path)?,
-        ServerAddress::Tcp { address, .. } => return Err(Error::TcpUnavailable(address.clone())),
+        ServerAddress::Tcp { address, agent_socket_path } => {
+            SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
+        }
     };
     let naming = Arc::new(Naming {
         trust_domain: cfg.trust_domain.clone(),
@@ -283,7 +286,11 @@ async fn run_webhook(
     let spire = match &cfg.server {
         // Short per-call deadline: admissions must answer inside the API server's timeout.
         ServerAddress::Unix { path } => SpireClient::unix(path)?.with_timeout(admission::CALL_TIMEOUT),
-        ServerAddress::Tcp { address, .. } => return Err(Error::TcpUnavailable(address.clone())),
+        ServerAddress::Tcp { address, agent_socket_path } => {
+            SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT)
+                .await?
+                .with_timeout(admission::CALL_TIMEOUT)
+        }
     };
     let naming = Arc::new(Naming {
         trust_domain: cfg.trust_domain.clone(),

@@ -38,7 +38,7 @@ use crate::id::SpiffeId;
 /// against server-side request forgery).
 const SECURITY_HEADER: &str = "workload.spiffe.io";
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A Workload API client on the agent's Unix socket `path` (no scheme). Does not dial until the
 /// first call; redials after failures.

@@ -185,7 +185,8 @@ async fn admin_svid_from_the_agent_creates_lists_and_deletes_over_tcp() {
     assert_eq!(e["id"], created.id.as_str());
     assert_eq!(e["parent_id"]["path"], "/reg/node/n1");
     assert_eq!(e["dns_names"], serde_json::json!(["tcp.t.svc"]));
-    assert_eq!(client.count_entries().await.unwrap(), 2, "the registrar's own entry and /w/tcp");
+    // `token generate -spiffeID` made an entry too: the agent's alias, parent the join token.
+    assert_eq!(client.count_entries().await.unwrap(), 3, "the agent's and the registrar's, and /w/tcp");
 
     let deleted = client.delete_entries(std::slice::from_ref(&created.id)).await.unwrap();
     assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
@@ -203,9 +204,9 @@ async fn admin_svid_from_the_agent_creates_lists_and_deletes_over_tcp() {
     assert!(source.updates() >= 2);
     assert_eq!(rotated.spiffe_id.to_string(), REGISTRAR_ID);
     let fresh = SpireClient::tcp_mtls_with(&stack.address(), source.clone()).unwrap();
-    assert_eq!(fresh.count_entries().await.unwrap(), 1);
+    assert_eq!(fresh.count_entries().await.unwrap(), 2);
     // The first client, whose source rotated too, keeps working.
-    assert_eq!(client.count_entries().await.unwrap(), 1);
+    assert_eq!(client.count_entries().await.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,5 +238,73 @@ async fn a_caller_without_admin_is_denied_until_its_entry_says_admin() {
         client.list_entries(&ListFilter::default()).await.ok()
     })
     .await;
-    assert_eq!(listed.iter().map(|e| e.spec.spiffe_id.to_string()).collect::<Vec<_>>(), vec![REGISTRAR_ID]);
+    let ids: BTreeSet<String> = listed.iter().map(|e| e.spec.spiffe_id.to_string()).collect();
+    assert_eq!(ids, BTreeSet::from([AGENT_ID.to_string(), REGISTRAR_ID.to_string()]));
+}
+
+/// The registrar binary itself on the TCP path: `server_address` + `agent_socket_path`, its
+/// SVID from the agent, its writes over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrar_binary_registers_pods_over_tcp() {
+    let stack = TcpStack::start().await;
+    // The registrar runs as this process's uid, so the same entry makes it an admin caller.
+    stack.registrar_entry(None, true, &[]);
+    let kube = crate::stack::Kube::start(stack.dir.path(), Default::default()).await;
+    let k = kube.client().await;
+    create_namespace(&k, "tcp").await;
+    create_node(&k, "n1").await;
+    pod("tcp", "web").on("n1").sa("web").create(&k).await;
+
+    let metrics_port = crate::stack::free_port();
+    let config = stack.dir.path().join("registrar.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_address = \"{}\"\nagent_socket_path = \"{}\"\ncluster = \"c\"\n\
+             mode = \"reconcile\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n",
+            stack.address(),
+            stack.agent_socket().display()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    let reg = Proc::spawn_env(
+        "registrar",
+        Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
+        &["-config", &config.display().to_string()],
+        stack.dir.path(),
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let admin = stack.spire.client();
+    let owned = || async {
+        let mut v: Vec<Shown> = all_entries(&admin)
+            .await
+            .iter()
+            .map(|e| shown(&e.spec))
+            .filter(|s| {
+                s.spiffe_id.contains("/spire-k8s-registrar/") || s.parent_id.contains("/spire-k8s-registrar/")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut expected = vec![
+        want(
+            "spiffe://example.org/spire-k8s-registrar/c/node/n1",
+            "spiffe://example.org/spire/server",
+            &["k8s_psat:cluster:c", "k8s_psat:agent_node_name:n1"],
+        ),
+        want(
+            "spiffe://example.org/ns/tcp/sa/web",
+            "spiffe://example.org/spire-k8s-registrar/c/node/n1",
+            &["k8s:ns:tcp", "k8s:pod-name:web"],
+        ),
+    ];
+    expected.sort();
+    eventually("the registrar's entries over TCP", Duration::from_secs(90), || async {
+        reg.assert_running();
+        (owned().await == expected).then_some(())
+    })
+    .await;
+    assert!(reg.log_text().contains("credentials from the agent socket"), "{}", reg.log_tail());
 }
