@@ -94,16 +94,7 @@ async fn random_churn_and_faults_converge_exactly() {
         eprintln!("chaos: round {round}: {} nodes, {} pods", nodes.len(), pods.len());
     }
 
-    let mut expected: Vec<Shown> = nodes
-        .iter()
-        .map(|n| {
-            want(
-                &format!("spiffe://example.org/spire-k8s-registrar/c/node/{n}"),
-                "spiffe://example.org/spire/server",
-                &["k8s_psat:cluster:c", &format!("k8s_psat:agent_node_name:{n}")],
-            )
-        })
-        .collect();
+    let mut expected: Vec<Shown> = nodes.iter().map(|n| node_entry("c", n)).collect();
     let live = stack.spire.client();
     // Pods on deleted nodes keep existing in Kubernetes (no garbage collector here) but get no entry.
     let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(k.clone(), "chaos");
@@ -113,11 +104,7 @@ async fn random_churn_and_faults_converge_exactly() {
         }
         let p = api.get(name).await.unwrap();
         let sa = p.spec.unwrap().service_account_name.unwrap();
-        expected.push(want(
-            &format!("spiffe://example.org/ns/chaos/sa/{sa}"),
-            &format!("spiffe://example.org/spire-k8s-registrar/c/node/{node}"),
-            &["k8s:ns:chaos", &format!("k8s:pod-name:{name}")],
-        ));
+        expected.push(pod_entry("c", node, "chaos", name, &format!("/ns/chaos/sa/{sa}")));
     }
     reg.wait_ready().await;
     converge(&live, expected).await;

@@ -13,23 +13,8 @@ use crate::{
 };
 
 fn expected(nodes: &[&str], pods: &[(&str, &str)]) -> Vec<Shown> {
-    let mut v: Vec<Shown> = nodes
-        .iter()
-        .map(|n| {
-            want(
-                &format!("spiffe://example.org/spire-k8s-registrar/c/node/{n}"),
-                "spiffe://example.org/spire/server",
-                &["k8s_psat:cluster:c", &format!("k8s_psat:agent_node_name:{n}")],
-            )
-        })
-        .collect();
-    for (node, p) in pods {
-        v.push(want(
-            &format!("spiffe://example.org/ns/a/sa/{p}"),
-            &format!("spiffe://example.org/spire-k8s-registrar/c/node/{node}"),
-            &["k8s:ns:a", &format!("k8s:pod-name:{p}")],
-        ));
-    }
+    let mut v: Vec<Shown> = nodes.iter().map(|n| node_entry("c", n)).collect();
+    v.extend(pods.iter().map(|(node, p)| pod_entry("c", node, "a", p, &format!("/ns/a/sa/{p}"))));
     v
 }
 

@@ -13,28 +13,6 @@ use crate::{
     util::*,
 };
 
-const TD: &str = "spiffe://example.org";
-
-fn root(cluster: &str) -> String {
-    format!("{TD}/spire-k8s-registrar/{cluster}/node")
-}
-
-fn node_entry(cluster: &str, node: &str) -> Shown {
-    want(
-        &format!("{}/{node}", root(cluster)),
-        &format!("{TD}/spire/server"),
-        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_name:{node}")],
-    )
-}
-
-fn pod_entry(cluster: &str, node: &str, ns: &str, pod: &str, id_path: &str) -> Shown {
-    want(
-        &format!("{TD}{id_path}"),
-        &format!("{}/{node}", root(cluster)),
-        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_follow_pods_and_nodes() {
     let stack = Stack::start().await;

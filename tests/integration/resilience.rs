@@ -10,24 +10,6 @@ use crate::{
     util::*,
 };
 
-const TD: &str = "spiffe://example.org";
-
-fn node_entry(cluster: &str, node: &str) -> Shown {
-    want(
-        &format!("{TD}/spire-k8s-registrar/{cluster}/node/{node}"),
-        &format!("{TD}/spire/server"),
-        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_name:{node}")],
-    )
-}
-
-fn pod_entry(cluster: &str, node: &str, ns: &str, pod: &str, sa: &str) -> Shown {
-    want(
-        &format!("{TD}/ns/{ns}/sa/{sa}"),
-        &format!("{TD}/spire-k8s-registrar/{cluster}/node/{node}"),
-        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
     let stack = Stack::start().await;
@@ -38,7 +20,7 @@ async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
     pod("a", "p1").on("n1").sa("s1").create(&k).await;
     let reg = Registrar::start(&stack, "reg", "c", "").await;
     reg.wait_ready().await;
-    let expected = vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "s1")];
+    let expected = vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "/ns/a/sa/s1")];
     let entries = converge(&spire, expected.clone()).await;
 
     // A hand-made entry on another parent is never touched.
@@ -115,9 +97,9 @@ async fn restart_with_changes_made_meanwhile_converges_exactly() {
             node_entry("c", "n1"),
             node_entry("c", "n2"),
             node_entry("c", "n3"),
-            pod_entry("c", "n1", "a", "p1", "s1"),
-            pod_entry("c", "n2", "a", "p2", "s2"),
-            pod_entry("c", "n3", "a", "p3", "s3"),
+            pod_entry("c", "n1", "a", "p1", "/ns/a/sa/s1"),
+            pod_entry("c", "n2", "a", "p2", "/ns/a/sa/s2"),
+            pod_entry("c", "n3", "a", "p3", "/ns/a/sa/s3"),
         ],
     )
     .await;
@@ -134,8 +116,8 @@ async fn restart_with_changes_made_meanwhile_converges_exactly() {
         vec![
             node_entry("c", "n1"),
             node_entry("c", "n2"),
-            pod_entry("c", "n2", "a", "p2", "s2"),
-            pod_entry("c", "n2", "a", "p4", "s4"),
+            pod_entry("c", "n2", "a", "p2", "/ns/a/sa/s2"),
+            pod_entry("c", "n2", "a", "p4", "/ns/a/sa/s4"),
         ],
     )
     .await;
@@ -154,7 +136,7 @@ async fn failed_actors_are_restarted_alone_and_work_continues() {
     reg.wait_ready().await;
     converge(
         &spire,
-        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n1", "a", "p1", "s1")],
+        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n1", "a", "p1", "/ns/a/sa/s1")],
     )
     .await;
 
@@ -178,7 +160,7 @@ async fn failed_actors_are_restarted_alone_and_work_continues() {
     delete_pod(&k, "a", "p1").await;
     converge(
         &spire,
-        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n2", "a", "p2", "s2")],
+        vec![node_entry("c", "n1"), node_entry("c", "n2"), pod_entry("c", "n2", "a", "p2", "/ns/a/sa/s2")],
     )
     .await;
     assert_eq!(reg.get("/healthz").await.0, 200);
@@ -194,7 +176,7 @@ async fn spire_server_outage_is_survived_and_caught_up() {
     pod("a", "p1").on("n1").sa("s1").create(&k).await;
     let reg = Registrar::start(&stack, "reg", "c", "").await;
     reg.wait_ready().await;
-    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "s1")]).await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "/ns/a/sa/s1")]).await;
 
     // SPIRE goes away; the cluster keeps changing.
     stack.spire.kill();
@@ -209,5 +191,5 @@ async fn spire_server_outage_is_survived_and_caught_up() {
 
     // SPIRE comes back on the same datastore: the registrar catches up exactly.
     stack.spire.restart().await;
-    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "s2")]).await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "/ns/a/sa/s2")]).await;
 }

@@ -166,6 +166,24 @@ pub fn want(spiffe_id: &str, parent_id: &str, selectors: &[&str]) -> Shown {
     }
 }
 
+/// Reconcile mode's node-alias entry for `node` of `cluster` (default controller name).
+pub fn node_entry(cluster: &str, node: &str) -> Shown {
+    want(
+        &format!("spiffe://example.org/spire-k8s-registrar/{cluster}/node/{node}"),
+        "spiffe://example.org/spire/server",
+        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_name:{node}")],
+    )
+}
+
+/// Reconcile mode's entry for pod `ns/pod` on `node` with SPIFFE ID path `id_path`.
+pub fn pod_entry(cluster: &str, node: &str, ns: &str, pod: &str, id_path: &str) -> Shown {
+    want(
+        &format!("spiffe://example.org{id_path}"),
+        &format!("spiffe://example.org/spire-k8s-registrar/{cluster}/node/{node}"),
+        &[&format!("k8s:ns:{ns}"), &format!("k8s:pod-name:{pod}")],
+    )
+}
+
 /// Every entry in SPIRE, as a sorted list (duplicates stay visible).
 pub async fn all_entries(spire: &SpireClient) -> Vec<Entry> {
     let mut v = spire.list_entries(&ListFilter::default()).await.unwrap();
