@@ -24,6 +24,21 @@ struct Inner {
     slices: HashMap<(String, String), EndpointSliceInfo>,
 }
 
+impl Inner {
+    /// Removes a pod and its index entry (dropping empty per-node sets, so deleted nodes leave
+    /// nothing behind); returns the node it was on.
+    fn detach_pod(&mut self, key: &PodKey) -> Option<String> {
+        let node = self.pods.remove(key)?.node_name?;
+        if let Some(set) = self.pods_by_node.get_mut(&node) {
+            set.remove(key);
+            if set.is_empty() {
+                self.pods_by_node.remove(&node);
+            }
+        }
+        Some(node)
+    }
+}
+
 /// Cheap to clone; all clones share one cache.
 #[derive(Clone, Default)]
 pub struct ClusterCache {
@@ -45,15 +60,7 @@ impl ClusterCache {
     pub fn upsert_pod(&self, pod: PodInfo) -> BTreeSet<String> {
         let mut inner = self.write();
         let key = (pod.namespace.clone(), pod.name.clone());
-        let mut touched = BTreeSet::new();
-        if let Some(old) = inner.pods.remove(&key)
-            && let Some(n) = old.node_name
-        {
-            if let Some(set) = inner.pods_by_node.get_mut(&n) {
-                set.remove(&key);
-            }
-            touched.insert(n);
-        }
+        let mut touched: BTreeSet<String> = inner.detach_pod(&key).into_iter().collect();
         if let Some(n) = &pod.node_name {
             inner.pods_by_node.entry(n.clone()).or_default().insert(key.clone());
             touched.insert(n.clone());
@@ -64,18 +71,8 @@ impl ClusterCache {
 
     /// Removes a pod; returns its node if it had one.
     pub fn remove_pod(&self, namespace: &str, name: &str) -> BTreeSet<String> {
-        let mut inner = self.write();
         let key = (namespace.to_string(), name.to_string());
-        let mut touched = BTreeSet::new();
-        if let Some(old) = inner.pods.remove(&key)
-            && let Some(n) = old.node_name
-        {
-            if let Some(set) = inner.pods_by_node.get_mut(&n) {
-                set.remove(&key);
-            }
-            touched.insert(n);
-        }
-        touched
+        self.write().detach_pod(&key).into_iter().collect()
     }
 
     /// Replaces all pods after a (re)list; returns every node whose pods may have changed.
@@ -155,5 +152,59 @@ impl ClusterCache {
 
     pub fn pod_count(&self) -> usize {
         self.read().pods.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, node: Option<&str>) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            node_name: node.map(Into::into),
+            service_account: "default".into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(pods: Vec<PodInfo>) -> Vec<String> {
+        let mut v: Vec<String> = pods.into_iter().map(|p| p.name).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn pods_are_indexed_by_node_and_moves_touch_both_nodes() {
+        let c = ClusterCache::default();
+        assert_eq!(c.upsert_pod(pod("a", "p1", None)), BTreeSet::new(), "unscheduled pods touch no node");
+        assert_eq!(c.upsert_pod(pod("a", "p1", Some("n1"))), BTreeSet::from(["n1".to_string()]));
+        c.upsert_pod(pod("a", "p2", Some("n1")));
+        assert_eq!(names(c.pods_on("n1")), ["p1", "p2"]);
+        let touched = c.upsert_pod(pod("a", "p1", Some("n2")));
+        assert_eq!(touched, BTreeSet::from(["n1".to_string(), "n2".to_string()]));
+        assert_eq!(names(c.pods_on("n1")), ["p2"]);
+        assert_eq!(c.remove_pod("a", "p2"), BTreeSet::from(["n1".to_string()]));
+        assert!(c.pods_on("n1").is_empty());
+        assert!(c.read().pods_by_node.get("n1").is_none(), "empty per-node sets are dropped");
+        assert_eq!(c.remove_pod("a", "gone"), BTreeSet::new());
+        assert_eq!(c.pod_count(), 1);
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_and_reports_every_affected_node() {
+        let c = ClusterCache::default();
+        c.upsert_pod(pod("a", "old", Some("n1")));
+        let touched = c.replace_pods(vec![pod("a", "new", Some("n2"))]);
+        assert_eq!(touched, BTreeSet::from(["n1".to_string(), "n2".to_string()]));
+        assert!(c.pods_on("n1").is_empty(), "a pod missing from the relist is gone");
+        assert_eq!(names(c.pods_on("n2")), ["new"]);
+        c.upsert_node(NodeInfo { name: "n1".into(), uid: "u1".into() });
+        let touched = c.replace_nodes(vec![NodeInfo { name: "n2".into(), uid: "u2".into() }]);
+        assert_eq!(touched, BTreeSet::from(["n1".to_string(), "n2".to_string()]));
+        assert!(c.node("n1").is_none());
+        assert_eq!(c.node_names(), BTreeSet::from(["n2".to_string()]));
+        assert_eq!(c.nodes_with_pods_in("a"), BTreeSet::from(["n2".to_string()]));
     }
 }
