@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(names(c.pods_on("n1")), ["p2"]);
         assert_eq!(c.remove_pod("a", "p2"), BTreeSet::from(["n1".to_string()]));
         assert!(c.pods_on("n1").is_empty());
-        assert!(c.read().pods_by_node.get("n1").is_none(), "empty per-node sets are dropped");
+        assert!(!c.read().pods_by_node.contains_key("n1"), "empty per-node sets are dropped");
         assert_eq!(c.remove_pod("a", "gone"), BTreeSet::new());
         assert_eq!(c.pod_count(), 1);
     }
