@@ -168,3 +168,83 @@ async fn label_changes_replace_entries_and_bad_values_get_events() {
     let metrics = reg.metrics().await;
     assert!(metric_value(&metrics, "registrar_invalid_identity_total", &[]).unwrap() >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_names_from_pod_ip_and_endpointslices() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "bar").await;
+    create_node(&k, "n1").await;
+    let created = pod("bar", "foo").on("n1").sa("foo").create(&k).await;
+    patch_pod_status(&k, "bar", "foo", serde_json::json!({"podIP": "123.123.123.124", "phase": "Running"}))
+        .await;
+    let reg = Registrar::start(&stack, "reg", "c", "add_pod_dns_names = true").await;
+    reg.wait_ready().await;
+    let mut with_ip = pod_entry("c", "n1", "bar", "foo", "/ns/bar/sa/foo");
+    with_ip.dns_names =
+        vec!["123-123-123-124.bar.pod.cluster.local".into(), "123-123-123-124.bar.pod".into()];
+    converge(&spire, vec![node_entry("c", "n1"), with_ip.clone()]).await;
+
+    // A Service's EndpointSlice that targets the pod adds the service names (the reference's
+    // 14-name example).
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "foo-svc-abc12", "labels": {"kubernetes.io/service-name": "foo-svc"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["123.123.123.123"],
+                       "targetRef": {"kind": "Pod", "name": "foo", "namespace": "bar", "uid": created.metadata.uid}}],
+        "ports": [{"port": 80}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(k.clone(), "bar").create(&Default::default(), &slice).await.unwrap();
+    let entries = eventually("service DNS names on the entry", Duration::from_secs(60), || async {
+        let all = all_entries(&spire).await;
+        all.into_iter()
+            .find(|e| e.spec.spiffe_id.path() == "/ns/bar/sa/foo")
+            .filter(|e| e.spec.dns_names.len() == 14)
+    })
+    .await;
+    let mut got = entries.spec.dns_names.clone();
+    got.sort();
+    let mut want = vec![
+        "123-123-123-124.bar.pod.cluster.local",
+        "123-123-123-124.bar.pod",
+        "123-123-123-123.foo-svc",
+        "123-123-123-123.foo-svc.bar",
+        "123-123-123-123.foo-svc.bar.svc",
+        "123-123-123-123.foo-svc.bar.svc.cluster.local",
+        "foo-svc",
+        "foo-svc.bar",
+        "foo-svc.bar.svc",
+        "foo-svc.bar.svc.cluster.local",
+        "foo.foo-svc",
+        "foo.foo-svc.bar",
+        "foo.foo-svc.bar.svc",
+        "foo.foo-svc.bar.svc.cluster.local",
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // Deleting the slice removes the service names again.
+    Api::<EndpointSlice>::namespaced(k.clone(), "bar")
+        .delete("foo-svc-abc12", &Default::default())
+        .await
+        .unwrap();
+    converge(&spire, vec![node_entry("c", "n1"), with_ip]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_namespace_removes_its_entries() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "team").await;
+    create_node(&k, "n1").await;
+    pod("team", "p").on("n1").sa("s").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "team", "p", "/ns/team/sa/s")]).await;
+    assert_eq!(reg.proc.terminate(Duration::from_secs(20)).await, Some(0));
+    // The same cluster, restarted with the namespace disabled: the pod loses its entry.
+    let _reg = Registrar::start(&stack, "reg2", "c", "disabled_namespaces = [\"team\"]").await;
+    converge(&spire, vec![node_entry("c", "n1")]).await;
+}

@@ -193,3 +193,26 @@ async fn spire_server_outage_is_survived_and_caught_up() {
     stack.spire.restart().await;
     converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "/ns/a/sa/s2")]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_restart_budget_exits_non_zero() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    create_node(&k, "n1").await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    // More failures in a minute than the budget (30) allows: the registrar must give up and
+    // exit non-zero, so that Kubernetes restarts the pod, rather than limp on.
+    for _ in 0..40 {
+        if reg.proc.try_exit_code().is_some() {
+            break;
+        }
+        let _ = crate::registrar::http_request(reg.metrics_port, "POST", "/debug/fail/pods").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code =
+        eventually("the registrar to exit", Duration::from_secs(30), || async { reg.proc.try_exit_code() })
+            .await;
+    assert_eq!(code, 1, "{}", reg.proc.log_tail());
+    assert!(reg.proc.log_text().contains("restart budget"), "{}", reg.proc.log_tail());
+}
