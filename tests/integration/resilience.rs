@@ -216,3 +216,30 @@ async fn an_exhausted_restart_budget_exits_non_zero() {
     assert_eq!(code, 1, "{}", reg.proc.log_tail());
     assert!(reg.proc.log_text().contains("restart budget"), "{}", reg.proc.log_tail());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_outage_is_survived_and_caught_up() {
+    let mut stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("s1").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p1", "/ns/a/sa/s1")]).await;
+
+    // The API server goes away for a while; the registrar keeps running and keeps its entries.
+    stack.kube.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    reg.proc.assert_running();
+    assert_eq!(reg.get("/healthz").await.0, 200);
+    assert_eq!(all_shown(&spire).await.len(), 2, "nothing is deleted because the API server is unreachable");
+
+    // It comes back (same etcd); changes made afterwards reach SPIRE.
+    stack.kube.restart_apiserver().await;
+    let k = stack.kube.client().await;
+    pod("a", "p2").on("n1").sa("s2").create(&k).await;
+    delete_pod(&k, "a", "p1").await;
+    converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "/ns/a/sa/s2")]).await;
+}

@@ -54,6 +54,9 @@ pub struct Kube {
     pub kubeconfig: PathBuf,
     _apiserver: Proc,
     _etcd: Proc,
+    /// The API server's command line and working dir, for `restart_apiserver`.
+    args: Vec<String>,
+    dir: PathBuf,
 }
 
 /// Options for the API server a test needs.
@@ -122,9 +125,22 @@ impl Kube {
         let url = format!("https://127.0.0.1:{port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
-        let kube = Kube { kubeconfig, _apiserver: apiserver, _etcd: etcd };
+        let kube = Kube { kubeconfig, _apiserver: apiserver, _etcd: etcd, args, dir };
         kube.wait_ready().await;
         kube
+    }
+
+    /// Kills kube-apiserver; etcd keeps the data for `restart_apiserver`.
+    pub fn stop_apiserver(&self) {
+        self._apiserver.kill();
+    }
+
+    /// Starts kube-apiserver again with the same flags and port, and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) {
+        self._apiserver.kill();
+        let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self._apiserver = Proc::spawn("kube-apiserver", &bin("kube-apiserver"), &arg_refs, &self.dir);
+        self.wait_ready().await;
     }
 
     pub async fn client(&self) -> kube::Client {
