@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use super::{
     PoolHandle,
     leader::{Leader, LeaderArgs, LeaderMsg},
-    shard::{NodeShard, ShardArgs, ShardMsg},
+    shard::{NodeShard, Pending, ShardArgs, ShardMsg, enqueue},
     spire_pool::{PoolArgs, PoolMsg, SpirePool},
     watcher::{WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
@@ -116,7 +116,7 @@ pub struct RegistrarState {
     args: RegistrarArgs,
     watchers: BTreeMap<WatchKind, ActorRef<WatcherMsg>>,
     synced: BTreeSet<WatchKind>,
-    shards: BTreeMap<String, ActorRef<ShardMsg>>,
+    shards: BTreeMap<String, (ActorRef<ShardMsg>, Pending)>,
     pool: PoolHandle,
     leader: Option<ActorRef<LeaderMsg>>,
     children: HashMap<ActorId, (ChildKind, Option<String>)>,
@@ -150,6 +150,16 @@ impl RegistrarState {
             leadership: self.args.leadership.clone(),
             events: self.args.events.clone(),
             registrar: myself.clone(),
+            pending: Pending::default(),
+        }
+    }
+
+    /// Queues `msg()` for every shard in `nodes` (all shards when `None`).
+    fn poke(&self, nodes: Option<&BTreeSet<String>>, msg: impl Fn() -> ShardMsg) {
+        for (node, (shard, pending)) in &self.shards {
+            if nodes.is_none_or(|n| n.contains(node)) {
+                enqueue(shard, pending, msg());
+            }
         }
     }
 }
@@ -178,9 +188,10 @@ async fn spawn_shard(
     initial: Option<Vec<Entry>>,
 ) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
     let args = state.shard_args(myself, node, initial);
+    let pending = args.pending.clone();
     let (s, _) = Actor::spawn_linked(None, NodeShard, args, myself.get_cell()).await?;
     state.children.insert(s.get_id(), (ChildKind::Shard, Some(node.to_string())));
-    state.shards.insert(node.to_string(), s.clone());
+    state.shards.insert(node.to_string(), (s.clone(), pending));
     metrics::gauge!("registrar_shards").set(state.shards.len() as f64);
     Ok(s)
 }
@@ -221,6 +232,10 @@ impl Actor for Registrar {
         myself: ActorRef<RegistrarMsg>,
         args: RegistrarArgs,
     ) -> Result<RegistrarState, ActorProcessingErr> {
+        if args.election.is_none() {
+            // Without election this replica is the only writer for its whole life.
+            metrics::gauge!("registrar_is_leader").set(1.0);
+        }
         let pool = spawn_pool(&myself, &args).await?;
         let mut rx = args.leadership.clone();
         let me = myself.clone();
@@ -273,20 +288,17 @@ impl Actor for Registrar {
                 if state.bootstrapped.is_none() {
                     return Ok(()); // the initial read will cover every node
                 }
-                for node in nodes {
-                    let shard = match state.shards.get(&node) {
-                        Some(s) => s.clone(),
-                        None => spawn_shard(&myself, state, &node, None).await?,
-                    };
-                    let _ = shard.cast(ShardMsg::Sync);
+                for node in &nodes {
+                    if !state.shards.contains_key(node) {
+                        // A new shard syncs on start; no extra message needed.
+                        spawn_shard(&myself, state, node, None).await?;
+                    } else {
+                        state.poke(Some(&BTreeSet::from([node.clone()])), || ShardMsg::Sync);
+                    }
                 }
                 metrics::gauge!("registrar_pods").set(state.args.cache.pod_count() as f64);
             }
-            RegistrarMsg::AllNodesTouched => {
-                for shard in state.shards.values() {
-                    let _ = shard.cast(ShardMsg::Sync);
-                }
-            }
+            RegistrarMsg::AllNodesTouched => state.poke(None, || ShardMsg::Sync),
             RegistrarMsg::WatcherSynced(kind) => {
                 tracing::info!(kind = kind.label(), "Initial list done.");
                 state.synced.insert(kind);
@@ -304,18 +316,15 @@ impl Actor for Registrar {
             RegistrarMsg::ShardSynced { node, empty } => {
                 if empty && state.args.cache.node(&node).is_none() {
                     // The node is gone and so are its entries: the shard has nothing left to own.
-                    if let Some(shard) = state.shards.remove(&node) {
+                    if let Some((shard, pending)) = state.shards.remove(&node) {
+                        pending.retire();
                         state.children.remove(&shard.get_id());
                         shard.stop(Some("node deleted".into()));
                         metrics::gauge!("registrar_shards").set(state.shards.len() as f64);
                     }
                 }
             }
-            RegistrarMsg::ResyncTick => {
-                for shard in state.shards.values() {
-                    let _ = shard.cast(ShardMsg::Resync);
-                }
-            }
+            RegistrarMsg::ResyncTick => state.poke(None, || ShardMsg::Resync),
             RegistrarMsg::Shutdown(reply) => {
                 // Forget the children first so their termination is not mistaken for a crash.
                 state.children.clear();
@@ -339,7 +348,7 @@ impl Actor for Registrar {
                         }
                     }
                     FaultTarget::Shard(n) => {
-                        if let Some(s) = state.shards.get(&n) {
+                        if let Some((s, _)) = state.shards.get(&n) {
                             s.cast(ShardMsg::Fail)?;
                         }
                     }
@@ -391,7 +400,9 @@ impl Actor for Registrar {
             }
             ChildKind::Shard => {
                 if let Some(node) = node {
-                    state.shards.remove(&node);
+                    if let Some((_, pending)) = state.shards.remove(&node) {
+                        pending.retire();
+                    }
                     spawn_shard(&myself, state, &node, None).await?;
                 }
             }
@@ -453,9 +464,7 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
         match state.shards.get(&node) {
             // A shard that already runs (we were a follower) re-reads its own entries: the
             // list above may predate its latest writes.
-            Some(shard) => {
-                let _ = shard.cast(ShardMsg::Resync);
-            }
+            Some((shard, pending)) => enqueue(shard, pending, ShardMsg::Resync),
             None => {
                 let initial = by_node.remove(&node).unwrap_or_default();
                 if let Err(e) = spawn_shard(myself, state, &node, Some(initial)).await {

@@ -18,7 +18,14 @@
 //! * Followers compute nothing and write nothing; writes carry the leadership epoch.
 //! * A failed write or read forgets `actual` and retries with backoff, re-reading SPIRE first.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 
@@ -48,6 +55,52 @@ pub enum ShardMsg {
     Fail,
 }
 
+/// Sync/Resync messages queued for one shard and not yet started. Senders `add` before they
+/// cast; the shard takes one as it starts each. Every change also moves the process-wide total
+/// behind the `registrar_queue_depth` gauge, so the gauge is exact at every moment; a shard
+/// that goes away is `retire`d, so its leftovers never linger in the total. A shard skips a
+/// `Sync` while more work is queued behind it: a burst of pod events for one node costs one
+/// diff, not one per event.
+#[derive(Clone, Default)]
+pub struct Pending(Arc<AtomicUsize>);
+
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+fn total_changed(f: impl Fn(usize) -> usize) {
+    let before = QUEUED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(f(n))).unwrap_or(0);
+    metrics::gauge!("registrar_queue_depth").set(f(before) as f64);
+}
+
+impl Pending {
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        total_changed(|n| n + 1);
+    }
+
+    /// Marks one queued message as started; returns how many are still queued behind it.
+    fn take_one(&self) -> usize {
+        let before = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
+        if before.unwrap_or(0) > 0 {
+            total_changed(|n| n.saturating_sub(1));
+        }
+        before.unwrap_or(0).saturating_sub(1)
+    }
+
+    /// The shard is gone: whatever it had queued will never run.
+    pub fn retire(&self) {
+        let left = self.0.swap(0, Ordering::SeqCst);
+        total_changed(|n| n.saturating_sub(left));
+    }
+}
+
+/// Casts `msg` to `shard`, counting it as queued work.
+pub fn enqueue(shard: &ActorRef<ShardMsg>, pending: &Pending, msg: ShardMsg) {
+    pending.add();
+    if shard.cast(msg).is_err() {
+        pending.take_one();
+    }
+}
+
 /// Everything a shard needs, cloned from the registrar; cheap handles only.
 #[derive(Clone)]
 pub struct ShardArgs {
@@ -61,6 +114,7 @@ pub struct ShardArgs {
     pub leadership: LeadershipRx,
     pub events: EventSink,
     pub registrar: ActorRef<RegistrarMsg>,
+    pub pending: Pending,
 }
 
 pub struct NodeShard;
@@ -84,7 +138,7 @@ impl Actor for NodeShard {
         mut args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
         // Start converging right away; a restarted shard therefore rebuilds itself unasked.
-        myself.cast(ShardMsg::Sync)?;
+        enqueue(&myself, &args.pending, ShardMsg::Sync);
         Ok(ShardState {
             actual: args.initial.take(),
             args,
@@ -101,8 +155,14 @@ impl Actor for NodeShard {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Sync => sync(&myself, state).await,
+            ShardMsg::Sync => {
+                // More work is queued behind this one; let the last of it do the diff.
+                if state.args.pending.take_one() == 0 {
+                    sync(&myself, state).await;
+                }
+            }
             ShardMsg::Resync => {
+                state.args.pending.take_one();
                 state.retry_scheduled = false;
                 state.actual = None;
                 sync(&myself, state).await;
@@ -250,6 +310,7 @@ fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
     state.actual = None;
     if !state.retry_scheduled {
         state.retry_scheduled = true;
+        state.args.pending.add();
         myself.send_after(state.backoff, || ShardMsg::Resync);
     }
     state.backoff = (state.backoff * 2).min(MAX_BACKOFF);

@@ -115,6 +115,12 @@ async fn metrics_health_and_graceful_shutdown() {
     );
     assert!(metric_value(&m, "registrar_reconcile_duration_seconds_count", &[]).unwrap() >= 1.0);
     assert_eq!(metric_value(&m, "registrar_shards", &[]), Some(1.0));
+    assert_eq!(metric_value(&m, "registrar_is_leader", &[]), Some(1.0), "no election: always the writer");
+    // Resyncs (every 2 s here) queue work briefly; between them nothing is queued.
+    eventually("an empty queue", Duration::from_secs(10), || async {
+        (metric_value(&reg.metrics().await, "registrar_queue_depth", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
     // Labels stay bounded: no pod or node names in any series.
     assert!(!m.contains("\"p\"") && !m.contains("n1"), "unbounded label values in metrics:\n{m}");
 

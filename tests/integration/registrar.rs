@@ -25,10 +25,20 @@ pub fn base_config(stack: &Stack, cluster: &str, metrics_port: u16, extra: &str)
 
 impl Registrar {
     pub async fn start(stack: &Stack, name: &str, cluster: &str, extra: &str) -> Registrar {
-        let metrics_port = free_port();
-        let config = stack.dir.path().join(format!("{name}.conf"));
-        std::fs::write(&config, base_config(stack, cluster, metrics_port, extra)).unwrap();
-        Self::start_with_config(stack, name, config, metrics_port, &[]).await
+        for _ in 0..5 {
+            let metrics_port = free_port();
+            let config = stack.dir.path().join(format!("{name}.conf"));
+            std::fs::write(&config, base_config(stack, cluster, metrics_port, extra)).unwrap();
+            let kubeconfig = stack.kube.kubeconfig.display().to_string();
+            let proc = spawn(stack, name, &config, &kubeconfig, &[]);
+            // Parallel tests pick free ports independently; retry if another one took ours.
+            match proc.try_wait_for_port(metrics_port, Duration::from_secs(30)).await {
+                Ok(()) => return Registrar { proc, metrics_port },
+                Err(_) if proc.lost_port_race() => continue,
+                Err(log) => panic!("registrar did not start\n{log}"),
+            }
+        }
+        panic!("the registrar lost the race for a free port 5 times");
     }
 
     pub async fn start_with_config(
@@ -39,16 +49,7 @@ impl Registrar {
         env: &[(&str, &str)],
     ) -> Registrar {
         let kubeconfig = stack.kube.kubeconfig.display().to_string();
-        let mut all_env =
-            vec![("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", name)];
-        all_env.extend_from_slice(env);
-        let proc = Proc::spawn_env(
-            name,
-            std::path::Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
-            &["-config", &config.display().to_string()],
-            stack.dir.path(),
-            &all_env,
-        );
+        let proc = spawn(stack, name, &config, &kubeconfig, env);
         let r = Registrar { proc, metrics_port };
         r.proc.wait_for_port(metrics_port, Duration::from_secs(30)).await;
         r
@@ -76,6 +77,24 @@ impl Registrar {
         let (code, body) = http_request(self.metrics_port, "POST", &format!("/debug/fail/{target}")).await;
         assert_eq!(code, 200, "fault injection into {target} (needs --features fault-injection): {body}");
     }
+}
+
+fn spawn(
+    stack: &Stack,
+    name: &str,
+    config: &std::path::Path,
+    kubeconfig: &str,
+    env: &[(&str, &str)],
+) -> Proc {
+    let mut all_env = vec![("KUBECONFIG", kubeconfig), ("POD_NAMESPACE", "default"), ("POD_NAME", name)];
+    all_env.extend_from_slice(env);
+    Proc::spawn_env(
+        name,
+        std::path::Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
+        &["-config", &config.display().to_string()],
+        stack.dir.path(),
+        &all_env,
+    )
 }
 
 /// Sum of the samples of `name` whose label set contains every `labels` pair.

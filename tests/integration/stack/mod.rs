@@ -21,6 +21,9 @@ pub use process::Proc;
 
 pub const TRUST_DOMAIN: &str = "example.org";
 
+/// How often a component is restarted on a new port after losing a free-port race.
+const PORT_ATTEMPTS: usize = 5;
+
 /// Paths of the cached real binaries, built on first use.
 pub fn testbin() -> &'static HashMap<String, PathBuf> {
     static BINS: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
@@ -70,64 +73,64 @@ impl Kube {
     pub async fn start(dir: &Path, opts: KubeOptions) -> Kube {
         let dir = dir.join("kube");
         std::fs::create_dir_all(&dir).unwrap();
-        let etcd_port = free_port();
-        let peer_port = free_port();
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = Proc::spawn(
-            "etcd",
-            &bin("etcd"),
-            &[
-                "--name=default",
-                &format!("--data-dir={}", dir.join("etcd").display()),
-                &format!("--listen-client-urls={etcd_url}"),
-                &format!("--advertise-client-urls={etcd_url}"),
-                &format!("--listen-peer-urls={peer_url}"),
-                &format!("--initial-advertise-peer-urls={peer_url}"),
-                &format!("--initial-cluster=default={peer_url}"),
-                "--unsafe-no-fsync=true",
-                "--log-level=warn",
-            ],
-            &dir,
-        );
-        etcd.wait_for_port(etcd_port, Duration::from_secs(30)).await;
-
+        let (etcd, etcd_url) = start_etcd(&dir).await;
         let pki = certs::write_kube_pki(&dir);
-        let port = free_port();
         let token = "admin-token-for-tests".to_string();
         std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n")).unwrap();
-        let mut args = vec![
-            format!("--etcd-servers={etcd_url}"),
-            format!("--cert-dir={}", dir.display()),
-            format!("--tls-cert-file={}", pki.serving_cert.display()),
-            format!("--tls-private-key-file={}", pki.serving_key.display()),
-            format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--allow-privileged=true".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--authorization-mode=RBAC".into(),
-            format!("--service-account-issuer=https://127.0.0.1:{port}"),
-            format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
-            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-            "--endpoint-reconciler-type=none".into(),
-            "--enable-priority-and-fairness=false".into(),
-        ];
-        if let Some(cfg) = &opts.admission_config {
+        let admission = opts.admission_config.as_ref().map(|cfg| {
             let path = dir.join("admission-config.yaml");
             std::fs::write(&path, cfg).unwrap();
-            args.push(format!("--admission-control-config-file={}", path.display()));
+            path
+        });
+        let mut etcd = Some(etcd);
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let mut args = vec![
+                format!("--etcd-servers={etcd_url}"),
+                format!("--cert-dir={}", dir.display()),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--secure-port={port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer=https://127.0.0.1:{port}"),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                "--endpoint-reconciler-type=none".into(),
+                "--enable-priority-and-fairness=false".into(),
+            ];
+            if let Some(path) = &admission {
+                args.push(format!("--admission-control-config-file={}", path.display()));
+            }
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let apiserver = Proc::spawn("kube-apiserver", &bin("kube-apiserver"), &arg_refs, &dir);
+            let url = format!("https://127.0.0.1:{port}");
+            let kubeconfig = dir.join("kubeconfig");
+            std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
+            let kube = Kube {
+                kubeconfig,
+                _apiserver: apiserver,
+                _etcd: etcd.take().unwrap(),
+                args,
+                dir: dir.clone(),
+            };
+            match kube.try_wait_ready().await {
+                Ok(()) => return kube,
+                Err(_) if kube._apiserver.lost_port_race() => {
+                    // Keep etcd for the next attempt; only the API server lost its port.
+                    let Kube { _etcd, _apiserver, .. } = kube;
+                    drop(_apiserver);
+                    etcd = Some(_etcd);
+                }
+                Err(log) => panic!("kube-apiserver did not become ready\n{log}"),
+            }
         }
-        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let apiserver = Proc::spawn("kube-apiserver", &bin("kube-apiserver"), &arg_refs, &dir);
-        let url = format!("https://127.0.0.1:{port}");
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
-        let kube = Kube { kubeconfig, _apiserver: apiserver, _etcd: etcd, args, dir };
-        kube.wait_ready().await;
-        kube
+        panic!("kube-apiserver lost the race for a free port {PORT_ATTEMPTS} times");
     }
 
     /// Kills kube-apiserver; etcd keeps the data for `restart_apiserver`.
@@ -150,6 +153,13 @@ impl Kube {
     }
 
     async fn wait_ready(&self) {
+        if let Err(log) = self.try_wait_ready().await {
+            panic!("kube-apiserver did not become ready\n{log}");
+        }
+    }
+
+    /// Waits for `/readyz` and the default namespace; `Err` with the log if the server exits.
+    async fn try_wait_ready(&self) -> Result<(), String> {
         let client = self.client().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -157,12 +167,14 @@ impl Kube {
             match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => break,
                 other => {
-                    self._apiserver.assert_running();
+                    if self._apiserver.try_exit_code().is_some() {
+                        return Err(self._apiserver.log_tail());
+                    }
                     if tokio::time::Instant::now() > deadline {
-                        panic!(
-                            "kube-apiserver not ready after 120s: {other:?}\n{}",
+                        return Err(format!(
+                            "not ready after 120s: {other:?}\n{}",
                             self._apiserver.log_tail()
-                        );
+                        ));
                     }
                 }
             }
@@ -172,12 +184,45 @@ impl Kube {
         let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
         for _ in 0..100 {
             if ns.get_opt("default").await.ok().flatten().is_some() {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("namespace default never appeared");
+        Err("namespace default never appeared".into())
     }
+}
+
+/// etcd on free loopback ports, retried when it loses a port race.
+async fn start_etcd(dir: &Path) -> (Proc, String) {
+    for _ in 0..PORT_ATTEMPTS {
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let _ = std::fs::remove_dir_all(dir.join("etcd"));
+        let etcd = Proc::spawn(
+            "etcd",
+            &bin("etcd"),
+            &[
+                "--name=default",
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                &format!("--listen-client-urls={etcd_url}"),
+                &format!("--advertise-client-urls={etcd_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            dir,
+        );
+        match etcd.try_wait_for_port(etcd_port, Duration::from_secs(30)).await {
+            Ok(()) => return (etcd, etcd_url),
+            Err(_) if etcd.lost_port_race() => continue,
+            Err(log) => panic!("etcd did not start\n{log}"),
+        }
+    }
+    panic!("etcd lost the race for a free port {PORT_ATTEMPTS} times");
 }
 
 fn kubeconfig_yaml(url: &str, ca_pem: &str, token: &str) -> String {
@@ -212,9 +257,10 @@ impl Spire {
         let dir = dir.join("spire");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let socket = dir.join("api.sock");
-        let bind_port = free_port();
-        let conf = format!(
-            r#"server {{
+        for _ in 0..PORT_ATTEMPTS {
+            let bind_port = free_port();
+            let conf = format!(
+                r#"server {{
     bind_address = "127.0.0.1"
     bind_port = "{bind_port}"
     socket_path = "{sock}"
@@ -235,14 +281,19 @@ plugins {{
     {extra_plugins}
 }}
 "#,
-            sock = socket.display(),
-            data = dir.join("data").display(),
-        );
-        std::fs::write(dir.join("server.conf"), conf).unwrap();
-        let proc = Self::spawn(&dir);
-        let spire = Spire { socket, bind_port, dir, proc };
-        spire.wait_healthy().await;
-        spire
+                sock = socket.display(),
+                data = dir.join("data").display(),
+            );
+            std::fs::write(dir.join("server.conf"), conf).unwrap();
+            let proc = Self::spawn(&dir);
+            let spire = Spire { socket: socket.clone(), bind_port, dir: dir.clone(), proc };
+            match spire.try_wait_healthy().await {
+                Ok(()) => return spire,
+                Err(_) if spire.proc.lost_port_race() => continue,
+                Err(log) => panic!("spire-server did not start\n{log}"),
+            }
+        }
+        panic!("spire-server lost the race for a free port {PORT_ATTEMPTS} times");
     }
 
     fn spawn(dir: &Path) -> Proc {
@@ -267,6 +318,13 @@ plugins {{
     }
 
     async fn wait_healthy(&self) {
+        if let Err(log) = self.try_wait_healthy().await {
+            panic!("spire-server did not become healthy\n{log}");
+        }
+    }
+
+    /// Waits until the server is healthy; `Err` with its log if it exits first.
+    async fn try_wait_healthy(&self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let ok = std::process::Command::new(bin("spire-server"))
@@ -276,11 +334,13 @@ plugins {{
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ok {
-                return;
+                return Ok(());
             }
-            self.proc.assert_running();
+            if self.proc.try_exit_code().is_some() {
+                return Err(self.proc.log_tail());
+            }
             if tokio::time::Instant::now() > deadline {
-                panic!("spire-server not healthy after 60s\n{}", self.proc.log_tail());
+                return Err(format!("not healthy after 60s\n{}", self.proc.log_tail()));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

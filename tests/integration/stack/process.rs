@@ -69,6 +69,25 @@ impl Proc {
         self.child().try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
     }
 
+    /// True when the process exited because a port it wanted was taken: parallel tests pick
+    /// free ports independently, so one may grab another's port between pick and bind.
+    pub fn lost_port_race(&self) -> bool {
+        self.try_exit_code().is_some() && self.log_text().to_lowercase().contains("address already in use")
+    }
+
+    /// Like `wait_for_port`, but `Err` with the log when the process exits first.
+    pub async fn try_wait_for_port(&self, port: u16, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if self.try_exit_code().is_some() {
+                return Err(self.log_tail());
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} did not listen on {port}", self.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     pub async fn wait_for_port(&self, port: u16, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
