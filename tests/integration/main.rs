@@ -4,6 +4,7 @@
 mod chaos;
 mod cli;
 mod leader;
+mod rbac;
 mod reconcile;
 mod registrar;
 mod resilience;

@@ -55,6 +55,9 @@ pub fn free_port() -> u16 {
 /// A running kube-apiserver with its etcd.
 pub struct Kube {
     pub kubeconfig: PathBuf,
+    /// Authenticates as the ServiceAccount `spire/spire-server` (a static token with that user
+    /// name), which has exactly the permissions RBAC grants it — for testing `deploy/` RBAC.
+    pub registrar_kubeconfig: PathBuf,
     _apiserver: Proc,
     _etcd: Proc,
     /// The API server's command line and working dir, for `restart_apiserver`.
@@ -76,7 +79,15 @@ impl Kube {
         let (etcd, etcd_url) = start_etcd(&dir).await;
         let pki = certs::write_kube_pki(&dir);
         let token = "admin-token-for-tests".to_string();
-        std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n")).unwrap();
+        let sa_token = "spire-server-sa-token-for-tests";
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!(
+                "{token},admin,admin,\"system:masters\"\n{sa_token},system:serviceaccount:spire:spire-server,sa-uid,\
+                 \"system:serviceaccounts,system:serviceaccounts:spire,system:authenticated\"\n"
+            ),
+        )
+        .unwrap();
         let admission = opts.admission_config.as_ref().map(|cfg| {
             let path = dir.join("admission-config.yaml");
             std::fs::write(&path, cfg).unwrap();
@@ -112,8 +123,11 @@ impl Kube {
             let url = format!("https://127.0.0.1:{port}");
             let kubeconfig = dir.join("kubeconfig");
             std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
+            let registrar_kubeconfig = dir.join("kubeconfig-spire-server");
+            std::fs::write(&registrar_kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, sa_token)).unwrap();
             let kube = Kube {
                 kubeconfig,
+                registrar_kubeconfig,
                 _apiserver: apiserver,
                 _etcd: etcd.take().unwrap(),
                 args,
