@@ -13,7 +13,11 @@ pub mod spire_pool;
 pub mod watcher;
 pub mod webhook_root;
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use ractor::ActorRef;
 
@@ -33,5 +37,50 @@ impl PoolHandle {
 
     pub fn set(&self, pool: ActorRef<spire_pool::PoolMsg>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = pool;
+    }
+}
+
+/// Erlang-style restart intensity for a supervisor: at most `max` restarts within `window`.
+/// Beyond that the supervisor fails (escalates), and the process exits non-zero so Kubernetes
+/// restarts the pod — restarting forever would hide a crash loop behind a live process.
+pub struct RestartBudget {
+    max: usize,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    /// The budget both root supervisors use: 30 restarts per minute.
+    pub fn standard() -> Self {
+        Self { max: 30, window: Duration::from_secs(60), recent: VecDeque::new() }
+    }
+
+    /// Records one restart; `Err` with a message once the budget is exhausted.
+    pub fn spend(&mut self, why: &str) -> Result<(), String> {
+        let now = Instant::now();
+        self.recent.push_back(now);
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() > self.max {
+            Err(format!("restart budget exhausted ({} in {:?}); last: {why}", self.max, self.window))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestartBudget;
+
+    #[test]
+    fn the_budget_allows_max_restarts_then_escalates() {
+        let mut b = RestartBudget::standard();
+        for _ in 0..30 {
+            assert!(b.spend("boom").is_ok());
+        }
+        let err = b.spend("boom").unwrap_err();
+        assert!(err.contains("restart budget exhausted") && err.contains("boom"), "{err}");
     }
 }

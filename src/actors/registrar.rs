@@ -10,7 +10,7 @@
 //! One-for-one: a child that fails (error or panic) is restarted alone, with the same arguments;
 //! the others keep running. A restarted watcher relists, a restarted shard re-reads its entries
 //! from SPIRE, a restarted pool is swapped into the shared [`PoolHandle`]. More than
-//! `RESTART_BUDGET` restarts within `RESTART_WINDOW` escalate: the registrar fails, and `main`
+//! [`RestartBudget::standard`] restarts within its window escalate: the registrar fails, and `main`
 //! exits non-zero so Kubernetes restarts the pod (ractor's default would silently stop).
 //!
 //! # Start and promotion
@@ -19,19 +19,19 @@
 //! incremental. Nodes that have entries but no Node object get a shard too; it deletes them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, rpc::CallResult};
 use tokio::task::JoinHandle;
 
 use super::{
-    PoolHandle,
+    PoolHandle, RestartBudget,
     leader::{Leader, LeaderArgs, LeaderMsg},
     shard::{NodeShard, Pending, ShardArgs, ShardMsg, enqueue},
     spire_pool::{PoolArgs, PoolMsg, SpirePool},
@@ -45,9 +45,6 @@ use crate::{
     model::Entry,
     spire::{ListFilter, SpireClient},
 };
-
-const RESTART_BUDGET: usize = 30;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which child a fault-injection request targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +117,7 @@ pub struct RegistrarState {
     pool: PoolHandle,
     leader: Option<ActorRef<LeaderMsg>>,
     children: HashMap<ActorId, (ChildKind, Option<String>)>,
-    restarts: VecDeque<Instant>,
+    restarts: RestartBudget,
     /// The epoch whose initial read has been done; shards only exist for work in that epoch.
     bootstrapped: Option<u64>,
     leadership_task: JoinHandle<()>,
@@ -255,7 +252,7 @@ impl Actor for Registrar {
             pool: PoolHandle::new(pool.clone()),
             leader: None,
             children: HashMap::new(),
-            restarts: VecDeque::new(),
+            restarts: RestartBudget::standard(),
             bootstrapped: None,
             leadership_task,
         };
@@ -380,19 +377,9 @@ impl Actor for Registrar {
         };
         // Children we stopped on purpose were removed from `children` first.
         let Some((kind, node)) = state.children.remove(&cell.get_id()) else { return Ok(()) };
-        let now = Instant::now();
-        state.restarts.push_back(now);
-        while state.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
-            state.restarts.pop_front();
-        }
         metrics::counter!("registrar_actor_restarts_total", "actor" => kind.label()).increment(1);
         tracing::warn!(actor = kind.label(), node = node.as_deref(), error = %why, "Actor stopped; restarting it.");
-        if state.restarts.len() > RESTART_BUDGET {
-            return Err(format!(
-                "restart budget exhausted ({RESTART_BUDGET} in {RESTART_WINDOW:?}); last: {why}"
-            )
-            .into());
-        }
+        state.restarts.spend(&why)?;
         match kind {
             ChildKind::Watcher(k) => {
                 state.watchers.remove(&k);

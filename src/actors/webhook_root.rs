@@ -3,21 +3,18 @@
 //! runs on the HTTP server and needs no actor.
 //!
 //! One-for-one restarts with the same budget as the reconcile-mode registrar: more than
-//! `RESTART_BUDGET` restarts within `RESTART_WINDOW` fail this actor, and the process exits
+//! [`RestartBudget::standard`] restarts within its window fail this actor, and the process exits
 //! non-zero.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult};
 
-use super::leader::{Leader, LeaderArgs, LeaderMsg};
+use super::{
+    RestartBudget,
+    leader::{Leader, LeaderArgs, LeaderMsg},
+};
 use crate::webhook::backstop::{Backstop, BackstopArgs, BackstopMsg};
-
-const RESTART_BUDGET: usize = 30;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 pub enum WebhookRootMsg {
     /// Test-only fault injection: `"backstop"` or `"leader"`.
@@ -37,7 +34,7 @@ pub struct WebhookRootState {
     args: WebhookRootArgs,
     backstop: Option<ActorRef<BackstopMsg>>,
     leader: Option<ActorRef<LeaderMsg>>,
-    restarts: VecDeque<Instant>,
+    restarts: RestartBudget,
     stopping: bool,
 }
 
@@ -77,7 +74,7 @@ impl Actor for WebhookRoot {
             args,
             backstop: None,
             leader: None,
-            restarts: VecDeque::new(),
+            restarts: RestartBudget::standard(),
             stopping: false,
         };
         spawn_leader(&myself, &mut state).await?;
@@ -136,14 +133,7 @@ impl Actor for WebhookRoot {
         if state.stopping {
             return Ok(());
         }
-        let now = Instant::now();
-        state.restarts.push_back(now);
-        while state.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
-            state.restarts.pop_front();
-        }
-        if state.restarts.len() > RESTART_BUDGET {
-            return Err(format!("restart budget exhausted; last: {why}").into());
-        }
+        state.restarts.spend(&why)?;
         let id = cell.get_id();
         if state.backstop.as_ref().is_some_and(|b| b.get_id() == id) {
             metrics::counter!("registrar_actor_restarts_total", "actor" => "backstop").increment(1);
