@@ -74,7 +74,10 @@ async fn metrics_health_and_graceful_shutdown() {
     create_namespace(&k, "m").await;
     create_node(&k, "n1").await;
     pod("m", "p").on("n1").create(&k).await;
-    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    let log_file = stack.dir.path().join("registrar.log.json");
+    let extra =
+        format!("log_path = \"{}\"\nlog_format = \"json\"\n", log_file.display());
+    let reg = Registrar::start(&stack, "reg", "c", &extra).await;
     assert_eq!(reg.get("/healthz").await.0, 200);
     reg.wait_ready().await;
     converge(
@@ -126,5 +129,36 @@ async fn metrics_health_and_graceful_shutdown() {
 
     let code = reg.proc.terminate(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIGTERM exits cleanly\n{}", reg.proc.log_tail());
-    assert!(reg.proc.log_text().contains("Shutting down"));
+    // log_path + log_format = "json": one JSON object per line in the file; log_level = "debug"
+    // (the test config's) lets debug lines through and nothing below.
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "Shutting down."), "{text}");
+    assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "log_level = debug is honoured");
+    assert!(lines.iter().all(|l| l["level"] != "TRACE"), "log_level = debug is honoured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_start_up_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("webhook.conf");
+    let missing = dir.path().join("missing-cert.pem");
+    std::fs::write(
+        &conf,
+        format!(
+            "trust_domain = \"example.org\"\ncluster = \"c\"\nserver_socket_path = \"/nonexistent/api.sock\"\n\
+             addr = \"127.0.0.1:0\"\ncert_path = \"{}\"\nkey_path = \"{}\"\ncacert_path = \"{}\"\nmetrics_addr = \"0\"\n",
+            missing.display(),
+            dir.path().join("key.pem").display(),
+            dir.path().join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = bin().args(["-config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing-cert.pem") && err.contains("cert_path"), "{err}");
 }
