@@ -216,6 +216,21 @@ async fn admission_creates_and_deletes_entries() {
 
     let m = reg.metrics().await;
     assert!(metric_value(&m, "webhook_requests_total", &[]).unwrap() >= 4.0, "{m}");
+
+    // SPIRE down: the webhook answers with an error well within the API server's 10 s timeout,
+    // and failurePolicy (Fail here) decides — the create is refused with the reason.
+    stack.spire.kill();
+    let p: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "late", "labels": {"spiffe.io/id": "late"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+    let err = pods.create(&PostParams::default(), &p).await.unwrap_err().to_string();
+    // Had the webhook not answered in time, the API server would report its own timeout; the
+    // registrar's reason in the error proves the answer came in time.
+    assert!(err.contains("SPIRE"), "{err}");
+    let m = reg.metrics().await;
+    assert!(metric_value(&m, "webhook_requests_total", &[("outcome", "error")]).unwrap() >= 1.0, "{m}");
+    assert!(reg.proc.log_text().contains("failurePolicy"), "a log line says why");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
