@@ -37,8 +37,6 @@ use crate::{
 /// Why the registrar could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("mode {0:?} is not available in this build yet; use mode = \"reconcile\"")]
-    ModeUnavailable(&'static str),
     #[error("SPIRE client: {0}")]
     Spire(#[from] crate::spire::Error),
     #[error("unable to determine root ID: {0}")]
@@ -101,7 +99,20 @@ pub async fn run(
     match &cfg.mode {
         Mode::Reconcile(rc) => run_reconcile(cfg, rc, client, shutdown).await,
         Mode::Webhook(wc) => run_webhook(cfg, wc, client, shutdown).await,
-        Mode::Crd(_) => Err(Error::ModeUnavailable("crd")),
+        Mode::Crd(cc) => {
+            let metrics = metrics_handle()?;
+            let spire = match &cfg.server {
+                ServerAddress::Unix { path } => SpireClient::unix(path)?,
+                ServerAddress::Tcp { address, agent_socket_path } => {
+                    SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
+                }
+            };
+            let client = match client {
+                Some(c) => c,
+                None => kube::Client::try_default().await?,
+            };
+            crate::crd::run(cfg, cc, client, spire, metrics, shutdown).await
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod actors;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod diff;
 pub mod election;
 pub mod http;

@@ -22,14 +22,20 @@ pub struct PodFields {
 pub enum TemplateError {
     #[error("template {0:?} has an unclosed \"{{{{\"")]
     Unclosed(String),
-    #[error("template {template:?}: unknown field {field:?} (use .Pod.Name, .Pod.Namespace, .Pod.UID, .Pod.ServiceAccount, .Pod.Hostname, .Pod.NodeName or .Context.<key>)")]
+    #[error(
+        "template {template:?}: unknown field {field:?} (use .Pod.Name, .Pod.Namespace, .Pod.UID, .Pod.ServiceAccount, .Pod.Hostname, .Pod.NodeName or .Context.<key>)"
+    )]
     UnknownField { template: String, field: String },
     #[error("template {template:?} references non-existing context key {key:?}")]
     MissingContext { template: String, key: String },
 }
 
 /// Renders `template` for `pod` with `context`.
-pub fn render(template: &str, pod: &PodFields, context: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+pub fn render(
+    template: &str,
+    pod: &PodFields,
+    context: &BTreeMap<String, String>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -44,13 +50,18 @@ pub fn render(template: &str, pod: &PodFields, context: &BTreeMap<String, String
     Ok(out)
 }
 
-fn lookup(template: &str, field: &str, pod: &PodFields, context: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+fn lookup(
+    template: &str,
+    field: &str,
+    pod: &PodFields,
+    context: &BTreeMap<String, String>,
+) -> Result<String, TemplateError> {
     let unknown = || TemplateError::UnknownField { template: template.to_string(), field: field.to_string() };
     if let Some(key) = field.strip_prefix(".Context.") {
-        return context
-            .get(key)
-            .cloned()
-            .ok_or_else(|| TemplateError::MissingContext { template: template.to_string(), key: key.to_string() });
+        return context.get(key).cloned().ok_or_else(|| TemplateError::MissingContext {
+            template: template.to_string(),
+            key: key.to_string(),
+        });
     }
     let value = match field.strip_prefix(".Pod.").ok_or_else(unknown)? {
         "Name" => &pod.name,
@@ -101,6 +112,9 @@ mod tests {
         assert!(matches!(render("{{.Pod.Label}}", &pod(), &ctx), Err(TemplateError::UnknownField { .. })));
         assert!(matches!(render("{{.Node.Name}}", &pod(), &ctx), Err(TemplateError::UnknownField { .. })));
         assert!(matches!(render("{{.Pod.Name", &pod(), &ctx), Err(TemplateError::Unclosed(_))));
-        assert!(matches!(render("{{.Context.Zone}}", &pod(), &ctx), Err(TemplateError::MissingContext { .. })));
+        assert!(matches!(
+            render("{{.Context.Zone}}", &pod(), &ctx),
+            Err(TemplateError::MissingContext { .. })
+        ));
     }
 }

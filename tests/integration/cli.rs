@@ -75,8 +75,7 @@ async fn metrics_health_and_graceful_shutdown() {
     create_node(&k, "n1").await;
     pod("m", "p").on("n1").create(&k).await;
     let log_file = stack.dir.path().join("registrar.log.json");
-    let extra =
-        format!("log_path = \"{}\"\nlog_format = \"json\"\n", log_file.display());
+    let extra = format!("log_path = \"{}\"\nlog_format = \"json\"\n", log_file.display());
     let reg = Registrar::start(&stack, "reg", "c", &extra).await;
     assert_eq!(reg.get("/healthz").await.0, 200);
     reg.wait_ready().await;

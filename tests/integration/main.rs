@@ -3,6 +3,7 @@
 
 mod chaos;
 mod cli;
+mod crd;
 mod leader;
 mod rbac;
 mod reconcile;

@@ -1,0 +1,323 @@
+//! Pod / Node (/ EndpointSlice) → SpiffeID: keeps the SpiffeIDs this registrar derives from the
+//! cluster equal to what [`PodRules`] wants.
+//!
+//! Level-triggered: reflector stores of Pods, Nodes, SpiffeIDs (and EndpointSlices with
+//! `add_svc_dns_name`) feed one loop that, after any change (debounced) and every
+//! `resync_interval`, compares every desired SpiffeID with the stored ones and writes only the
+//! differences (server-side apply as `k8s-workload-registrar`, explicit deletes). A full pass is
+//! O(pods) in memory and writes nothing when nothing changed; for very large clusters a per-object
+//! work queue would be cheaper (not done yet).
+//!
+//! * Owned SpiffeIDs: a controller owner reference to a v1 Pod or Node. Others with the same name
+//!   are never touched (logged once).
+//! * A SpiffeID is deleted when its pod is gone, terminal, unscheduled, in a disabled namespace, or
+//!   no longer yields an identity; its node's when the node is gone. Deletion is explicit (the
+//!   garbage collector would also do it through the owner reference); the SpiffeID's finalizer
+//!   removes the SPIRE entry.
+//! * Writes only while this replica leads.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, future};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use super::{
+    pods::{PodRules, PodView},
+    resource::{NODE_UID_LABEL, POD_UID_LABEL, SpiffeID, SpiffeIdSpec},
+    template::PodFields,
+};
+use crate::{k8s::events::EventSink, leadership::LeadershipRx};
+
+pub const FIELD_MANAGER: &str = "k8s-workload-registrar";
+
+pub struct SyncCtx {
+    pub client: kube::Client,
+    pub rules: PodRules,
+    /// Where node SpiffeIDs live (the registrar's own namespace).
+    pub own_namespace: String,
+    pub add_svc_dns_name: bool,
+    pub leadership: LeadershipRx,
+    pub events: EventSink,
+    pub resync_interval: Duration,
+}
+
+/// One desired SpiffeID.
+struct Want {
+    spec: SpiffeIdSpec,
+    label: (&'static str, String),
+    owner: OwnerReference,
+}
+
+fn drive<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let task = tokio::spawn(stream.for_each(move |ev| {
+        if let Err(e) = ev {
+            tracing::warn!(error = %e, "Watch error (retrying).");
+        }
+        notify.notify_one();
+        future::ready(())
+    }));
+    (reader, task)
+}
+
+use kube::runtime::reflector::reflector;
+
+/// Runs until `shutdown` resolves.
+pub async fn run(ctx: Arc<SyncCtx>, shutdown: impl std::future::Future<Output = ()>) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let c = &ctx.client;
+    let (pods, t1) = drive(Api::<Pod>::all(c.clone()), notify.clone());
+    let (nodes, t2) = drive(Api::<Node>::all(c.clone()), notify.clone());
+    let (sids, t3) = drive(Api::<SpiffeID>::all(c.clone()), notify.clone());
+    let mut tasks = vec![t1, t2, t3];
+    let slices = if ctx.add_svc_dns_name {
+        let (s, t) = drive(Api::<EndpointSlice>::all(c.clone()), notify.clone());
+        tasks.push(t);
+        Some(s)
+    } else {
+        None
+    };
+    let work = async {
+        let _ = pods.wait_until_ready().await;
+        let _ = nodes.wait_until_ready().await;
+        let _ = sids.wait_until_ready().await;
+        if let Some(s) = &slices {
+            let _ = s.wait_until_ready().await;
+        }
+        let mut reported = HashSet::new();
+        loop {
+            if ctx.leadership.borrow().leading {
+                sync_once(&ctx, &pods, &nodes, &sids, slices.as_ref(), &mut reported).await;
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(ctx.resync_interval) => {}
+            }
+            // Debounce bursts of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = work => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }
+}
+
+/// The controller owner reference of a SpiffeID we manage, if any.
+fn our_owner(s: &SpiffeID) -> Option<&OwnerReference> {
+    s.metadata.owner_references.as_ref()?.iter().find(|o| {
+        o.controller == Some(true) && o.api_version == "v1" && (o.kind == "Pod" || o.kind == "Node")
+    })
+}
+
+fn service_names(slices: &Store<EndpointSlice>, ns: &str, uid: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in slices.state() {
+        if s.metadata.namespace.as_deref() != Some(ns) {
+            continue;
+        }
+        let Some(svc) = s.labels().get("kubernetes.io/service-name") else { continue };
+        let selected = s.endpoints.iter().any(|e| {
+            e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+                && e.target_ref
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("Pod") && r.uid.as_deref() == Some(uid))
+        });
+        let name = format!("{svc}.{ns}.svc");
+        if selected && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn view(pod: &Pod) -> Option<PodView> {
+    let spec = pod.spec.as_ref();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    Some(PodView {
+        fields: PodFields {
+            name: pod.metadata.name.clone()?,
+            namespace: pod.metadata.namespace.clone()?,
+            uid: pod.metadata.uid.clone()?,
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_default(),
+            node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        },
+        labels: pod.labels().clone(),
+        annotations: pod.annotations().clone(),
+        terminal: matches!(phase, Some("Succeeded" | "Failed")),
+    })
+}
+
+async fn sync_once(
+    ctx: &SyncCtx,
+    pods: &Store<Pod>,
+    nodes: &Store<Node>,
+    sids: &Store<SpiffeID>,
+    slices: Option<&Store<EndpointSlice>>,
+    reported: &mut HashSet<(String, String)>,
+) {
+    // Forget reports about pods and names that no longer exist, so the set stays bounded.
+    let live: HashSet<String> = pods
+        .state()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .chain(sids.state().iter().map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())))
+        .collect();
+    reported.retain(|(key, _)| live.contains(key));
+    let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
+    for pod in pods.state() {
+        let Some(v) = view(&pod) else { continue };
+        let f = &v.fields;
+        let svc = match slices {
+            Some(s) if !f.node_name.is_empty() => service_names(s, &f.namespace, &f.uid),
+            _ => Vec::new(),
+        };
+        match ctx.rules.pod(&v, &svc) {
+            Ok(Some(d)) => {
+                if !d.dropped_dns_names.is_empty() {
+                    tracing::debug!(namespace = %f.namespace, pod = %f.name, dropped = ?d.dropped_dns_names, "Invalid DNS names dropped.");
+                }
+                want.insert(
+                    (f.namespace.clone(), f.name.clone()),
+                    Want {
+                        spec: d.spec,
+                        label: (POD_UID_LABEL, f.uid.clone()),
+                        owner: owner("v1", "Pod", &f.name, &f.uid),
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if reported.insert((f.uid.clone(), msg.clone())) {
+                    tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
+                    metrics::counter!("registrar_invalid_identity_total", "reason" => "crd_pod").increment(1);
+                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, "InvalidIdentity", msg).await;
+                }
+            }
+        }
+    }
+    for node in nodes.state() {
+        let (Some(name), Some(uid)) = (node.metadata.name.clone(), node.metadata.uid.clone()) else {
+            continue;
+        };
+        match ctx.rules.node(&name, &uid) {
+            Ok(spec) => {
+                want.insert(
+                    (ctx.own_namespace.clone(), name.clone()),
+                    Want {
+                        spec,
+                        label: (NODE_UID_LABEL, uid.clone()),
+                        owner: owner("v1", "Node", &name, &uid),
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(node = %name, error = %e, "Node gets no SpiffeID."),
+        }
+    }
+
+    let existing: BTreeMap<(String, String), Arc<SpiffeID>> = sids
+        .state()
+        .into_iter()
+        .filter_map(|s| Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), s)))
+        .collect();
+    for (key, s) in &existing {
+        if our_owner(s).is_some() && !want.contains_key(key) && s.metadata.deletion_timestamp.is_none() {
+            let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &key.0);
+            match api.delete(&key.1, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(namespace = %key.0, name = %key.1, "SpiffeID deleted (its pod or node is gone).")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "Could not delete SpiffeID.")
+                }
+            }
+        }
+    }
+    for (key, w) in want {
+        if let Some(s) = existing.get(&key) {
+            let Some(o) = our_owner(s) else {
+                if reported.insert((key.0.clone() + "/" + &key.1, "collision".into())) {
+                    tracing::warn!(namespace = %key.0, name = %key.1, "A SpiffeID of this name exists and is not ours; leaving it alone.");
+                }
+                continue;
+            };
+            if s.metadata.deletion_timestamp.is_some() {
+                continue; // recreated once the old one is gone
+            }
+            if s.spec == w.spec && o.uid == w.owner.uid && s.labels().get(w.label.0) == Some(&w.label.1) {
+                continue;
+            }
+        }
+        let obj = json!({
+            "apiVersion": "spiffeid.spiffe.io/v1beta1",
+            "kind": "SpiffeID",
+            "metadata": {
+                "name": key.1,
+                "namespace": key.0,
+                "labels": { w.label.0: w.label.1 },
+                "ownerReferences": [w.owner],
+            },
+            "spec": w.spec,
+        });
+        let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &key.0);
+        match api.patch(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await {
+            Ok(_) => {
+                tracing::info!(namespace = %key.0, name = %key.1, spiffe_id = %w.spec.spiffe_id, "SpiffeID applied.")
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "Could not apply SpiffeID.")
+            }
+        }
+    }
+}

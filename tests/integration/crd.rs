@@ -1,0 +1,375 @@
+//! CRD mode end to end: SpiffeID resources → SPIRE entries, against real kube-apiserver + etcd
+//! and spire-server. The CRD comes from `deploy/crd/spiffeid-crd.yaml` (the stack has no
+//! controller-manager, so finalizers and deletions are observed exactly as the registrar leaves
+//! them).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Event;
+use k8s_workload_registrar::crd::resource::{FINALIZER, SpiffeID};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use crate::{
+    registrar::Registrar,
+    stack::{Stack, free_port, set_bundle},
+    util::*,
+};
+
+/// Creates the SpiffeID CRD from the shipped manifest and waits until it is served.
+pub async fn install_crd(client: &kube::Client) {
+    let yaml = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crd/spiffeid-crd.yaml")).unwrap();
+    let req = http::Request::post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        .header("Content-Type", "application/yaml")
+        .body(yaml)
+        .unwrap();
+    client.request_text(req).await.expect("create the SpiffeID CRD");
+    let api: Api<SpiffeID> = Api::all(client.clone());
+    eventually("the SpiffeID CRD is served", Duration::from_secs(30), || async {
+        api.list(&ListParams::default()).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+async fn start_crd(stack: &Stack, name: &str, extra: &str) -> Registrar {
+    let port = free_port();
+    let config = stack.dir.path().join(format!("{name}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{sock}\"\ncluster = \"c1\"\nmode = \"crd\"\n\
+             log_level = \"debug\"\nmetrics_bind_addr = \"127.0.0.1:{port}\"\nresync_interval = \"2s\"\n{extra}\n",
+            sock = stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    let reg = Registrar::start_with_config(stack, name, config, port, &[]).await;
+    reg.wait_ready().await;
+    reg
+}
+
+fn spiffe_id(name: &str, spec: serde_json::Value) -> SpiffeID {
+    serde_json::from_value(json!({
+        "apiVersion": "spiffeid.spiffe.io/v1beta1",
+        "kind": "SpiffeID",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffeids_map_to_entries() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    set_bundle(&stack.spire, stack.dir.path(), "other.org");
+    // A hand-made entry must survive everything below, even one that looks like a SpiffeID's.
+    let hand = stack.spire.cli(&[
+        "entry",
+        "create",
+        "-parentID",
+        "spiffe://example.org/spire/agent/x",
+        "-spiffeID",
+        "spiffe://example.org/hand/made",
+        "-selector",
+        "k8s:ns:hand",
+    ]);
+    assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
+    let hand_made =
+        want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["k8s:ns:hand"]);
+
+    let _reg = start_crd(&stack, "crd1", "pod_controller = false\nadd_svc_dns_name = false").await;
+    let api: Api<SpiffeID> = Api::namespaced(k.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &spiffe_id(
+            "web",
+            json!({
+                "parentId": "spiffe://example.org/spire/agent/x",
+                "spiffeId": "spiffe://example.org/web",
+                "selector": {"namespace": "shop", "podLabel": {"app": "web"}, "arbitrary": ["sa:web"]},
+                "dnsNames": ["web.shop.svc"],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut web = want(
+        "spiffe://example.org/web",
+        "spiffe://example.org/spire/agent/x",
+        &["k8s:ns:shop", "k8s:pod-label:app:web", "k8s:sa:web"],
+    );
+    web.dns_names = vec!["web.shop.svc".into()];
+    let entries = converge(&spire, vec![hand_made.clone(), web.clone()]).await;
+    let entry_id = entries.iter().find(|e| e.spec.spiffe_id.path() == "/web").unwrap().id.clone();
+    let obj = eventually("status.entryId", Duration::from_secs(30), || async {
+        let o = api.get("web").await.ok()?;
+        (o.status.as_ref()?.entry_id.as_deref() == Some(entry_id.as_str())).then_some(o)
+    })
+    .await;
+    assert!(obj.metadata.finalizers.unwrap_or_default().iter().any(|f| f == FINALIZER));
+
+    // A spec change, federatesWith included, updates the entry in place.
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"federatesWith": ["other.org"], "dnsNames": ["web.shop.svc", "web"]}})),
+    )
+    .await
+    .unwrap();
+    web.federates_with = vec!["other.org".into()];
+    web.dns_names = vec!["web".into(), "web.shop.svc".into()];
+    let mut sorted_web = web.clone();
+    sorted_web.dns_names.sort();
+    let sorted_web = &sorted_web;
+    let entries = eventually("entry updated", Duration::from_secs(60), || async {
+        let entries = all_entries(&spire).await;
+        let e = entries.iter().find(|e| e.spec.spiffe_id.path() == "/web")?;
+        let mut got = shown(&e.spec);
+        got.dns_names.sort();
+        (&got == sorted_web && entries.len() == 2).then_some(entries)
+    })
+    .await;
+    assert!(entries.iter().any(|e| e.id == entry_id), "updated in place, same entry ID");
+
+    // Hostile SpiffeIDs: no entry, a Warning Event naming the field, status.error; others proceed.
+    for (name, spec, field) in [
+        (
+            "evil",
+            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org.evil/x",
+                   "selector": {"namespace": "evil"}}),
+            "spec.spiffeId",
+        ),
+        (
+            "reserved",
+            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/spire/server",
+                   "selector": {"namespace": "evil"}}),
+            "spec.spiffeId",
+        ),
+        (
+            "empty-selector",
+            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/e", "selector": {}}),
+            "spec.selector",
+        ),
+        (
+            "steal",
+            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/hand/made",
+                   "selector": {"namespace": "hand"}}),
+            "already exists",
+        ),
+    ] {
+        api.create(&PostParams::default(), &spiffe_id(name, spec)).await.unwrap();
+        let events: Api<Event> = Api::namespaced(k.clone(), "default");
+        let event =
+            eventually(&format!("a Warning Event on SpiffeID {name}"), Duration::from_secs(30), || async {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some(name))
+            })
+            .await;
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert!(event.message.unwrap_or_default().contains(field), "{name}");
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        assert!(status.entry_id.is_none() && status.error.unwrap_or_default().contains(field), "{name}");
+    }
+    let other = api
+        .create(
+            &PostParams::default(),
+            &spiffe_id(
+                "other",
+                json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/other",
+                       "selector": {"podUid": "u1"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let other_entry =
+        want("spiffe://example.org/other", "spiffe://example.org/spire/agent/x", &["k8s:pod-uid:u1"]);
+    assert!(other.metadata.uid.is_some());
+
+    // Deleting a SpiffeID deletes its entry, then the finalizer goes and so does the object.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    converge(&spire, vec![hand_made.clone(), other_entry.clone()]).await;
+    eventually("SpiffeID web gone", Duration::from_secs(30), || async {
+        matches!(api.get("web").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
+    })
+    .await;
+    // Deleting the hostile ones removes nothing else (the hand-made entry stays).
+    for name in ["evil", "reserved", "empty-selector", "steal"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("hostile SpiffeIDs gone", Duration::from_secs(30), || async {
+        (api.list(&ListParams::default()).await.ok()?.items.len() == 1).then_some(())
+    })
+    .await;
+    converge(&spire, vec![hand_made.clone(), other_entry]).await;
+
+    // An entry deleted behind the registrar's back is recreated (and status follows).
+    let id = api.get("other").await.unwrap().status.unwrap().entry_id.unwrap();
+    spire.delete_entries(std::slice::from_ref(&id)).await.unwrap();
+    eventually("entry recreated", Duration::from_secs(30), || async {
+        let s = api.get("other").await.ok()?.status?;
+        (s.entry_id.is_some() && s.entry_id != Some(id.clone())).then_some(())
+    })
+    .await;
+    assert_eq!(all_entries(&spire).await.len(), 2);
+
+    // Changing a spec so it collides with the hand-made entry drops our (now stale) entry and
+    // reports the conflict; the hand-made entry is untouched.
+    api.patch(
+        "other",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"spiffeId": "spiffe://example.org/hand/made",
+                                      "selector": {"podUid": null, "namespace": "hand"}}})),
+    )
+    .await
+    .unwrap();
+    converge(&spire, vec![hand_made]).await;
+    eventually("conflict in status", Duration::from_secs(30), || async {
+        let s = api.get("other").await.ok()?.status?;
+        (s.entry_id.is_none() && s.error?.contains("already exists")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_nodes_get_spiffeids() {
+    use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    set_bundle(&stack.spire, stack.dir.path(), "other.org");
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    let node_uid = Api::<Node>::all(k.clone()).get("n1").await.unwrap().metadata.uid.unwrap();
+    let web = pod("shop", "web")
+        .on("n1")
+        .sa("web-sa")
+        .annotation("spiffe.io/federatesWith", "other.org")
+        .create(&k)
+        .await;
+    let web_uid = web.metadata.uid.clone().unwrap();
+    pod("shop", "pending").sa("x").create(&k).await; // unscheduled: no SpiffeID
+    pod("kube-system", "dns").on("n1").create(&k).await; // disabled namespace
+
+    let _reg = start_crd(&stack, "crd2", "").await;
+    let node_entry = want(
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        "spiffe://example.org/spire/server",
+        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
+    );
+    let mut web_entry = want(
+        "spiffe://example.org/ns/shop/sa/web-sa",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{web_uid}"), "k8s:ns:shop", "k8s:node-name:n1"],
+    );
+    web_entry.dns_names = vec!["web".into()];
+    web_entry.federates_with = vec!["other.org".into()];
+    converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
+
+    let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+    let sid = shop.get("web").await.unwrap();
+    assert_eq!(sid.metadata.labels.unwrap_or_default().get("podUid"), Some(&web_uid));
+    let owner = &sid.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+        ("Pod", "web", web_uid.as_str())
+    );
+    assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(false)));
+    let own: Api<SpiffeID> = Api::namespaced(k.clone(), "default");
+    let node_sid = own.get("n1").await.unwrap();
+    assert_eq!(node_sid.metadata.labels.unwrap_or_default().get("nodeUid"), Some(&node_uid));
+
+    // A changed annotation reaches the SpiffeID and the entry (the original only synced spiffeId).
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(k.clone(), "shop")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"spiffe.io/federatesWith": null}}})),
+        )
+        .await
+        .unwrap();
+    web_entry.federates_with = vec![];
+    converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
+    // A terminal pod loses its SpiffeID and entry.
+    let job = pod("shop", "job").on("n1").sa("job").create(&k).await;
+    let mut job_entry = want(
+        "spiffe://example.org/ns/shop/sa/job",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{}", job.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
+    );
+    job_entry.dns_names = vec!["job".into()];
+    converge(&spire, vec![node_entry.clone(), web_entry.clone(), job_entry]).await;
+    patch_pod_status(&k, "shop", "job", json!({"phase": "Succeeded"})).await;
+    converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
+
+    // A Service selecting the pod (its EndpointSlice) adds <svc>.<ns>.svc.
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "websvc-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "websvc"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web", "uid": web_uid}}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(k.clone(), "shop").create(&PostParams::default(), &slice).await.unwrap();
+    web_entry.dns_names = vec!["web".into(), "websvc.shop.svc".into()];
+    converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
+
+    // Pod deleted → SpiffeID and entry gone; node deleted → likewise.
+    delete_pod(&k, "shop", "web").await;
+    converge(&spire, vec![node_entry]).await;
+    eventually("pod SpiffeID gone", Duration::from_secs(30), || async {
+        matches!(shop.get("web").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
+    })
+    .await;
+    delete_node(&k, "n1").await;
+    converge(&spire, vec![]).await;
+    eventually("node SpiffeID gone", Duration::from_secs(30), || async {
+        matches!(own.get("n1").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_gates_writes() {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    let _reg = start_crd(
+        &stack,
+        "crd3",
+        "pod_controller = false\nleader_election = true\nleader_election_resource_lock = \"leases\"",
+    )
+    .await;
+    let api: Api<SpiffeID> = Api::namespaced(k.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &spiffe_id(
+            "a",
+            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/a",
+                   "selector": {"podName": "a"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    converge(
+        &spire,
+        vec![want("spiffe://example.org/a", "spiffe://example.org/spire/agent/x", &["k8s:pod-name:a"])],
+    )
+    .await;
+    let lease = Api::<Lease>::namespaced(k.clone(), "default")
+        .get("k8s-workload-registrar-crd-leader-election")
+        .await
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
+    assert!(holder.starts_with("crd3_"), "{holder}");
+}
