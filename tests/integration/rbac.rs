@@ -112,3 +112,64 @@ async fn shipped_reconcile_rbac_is_sufficient() {
     let err = Api::all(restricted).create(&PostParams::default(), &ns).await.unwrap_err().to_string();
     assert!(err.contains("forbidden"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_crd_rbac_is_sufficient() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    crate::crd::install_crd(&k).await;
+    create_namespace(&k, "spire").await;
+    create_namespace(&k, "apps").await;
+    apply(&k, "deploy/crd/rbac.yaml").await;
+    create_node(&k, "n1").await;
+    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
+        .get("n1")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let web_uid = pod("apps", "web").on("n1").sa("web").create(&k).await.metadata.uid.unwrap();
+
+    let port = free_port();
+    let config = stack.dir.path().join("crd-rbac.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"c1\"\nmode = \"crd\"\n\
+             metrics_bind_addr = \"127.0.0.1:{port}\"\nresync_interval = \"2s\"\nleader_election = true\n\
+             leader_election_resource_lock = \"leases\"\n",
+            stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = stack.kube.registrar_kubeconfig.display().to_string();
+    let reg = Registrar::start_with_config(
+        &stack,
+        "crd",
+        config,
+        port,
+        &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "spire")],
+    )
+    .await;
+    let mut web = want(
+        "spiffe://example.org/ns/apps/sa/web",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{web_uid}"), "k8s:ns:apps", "k8s:node-name:n1"],
+    );
+    web.dns_names = vec!["web".into()];
+    converge(
+        &spire,
+        vec![
+            want(
+                "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+                "spiffe://example.org/spire/server",
+                &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
+            ),
+            web,
+        ],
+    )
+    .await;
+    assert!(!reg.proc.log_text().contains("forbidden"), "a permission is missing:\n{}", reg.proc.log_tail());
+}
