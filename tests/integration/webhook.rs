@@ -64,6 +64,17 @@ async fn webhook_stack() -> (Stack, Pki) {
 
 /// Starts the registrar in webhook mode and registers it with the API server.
 async fn start_registrar(stack: &Stack, pki: &Pki, name: &str, port: u16, extra: &str) -> Registrar {
+    start_registrar_env(stack, pki, name, port, extra, &[]).await
+}
+
+async fn start_registrar_env(
+    stack: &Stack,
+    pki: &Pki,
+    name: &str,
+    port: u16,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Registrar {
     let (cert, key) = pki.ca.leaf("registrar", &["127.0.0.1", "localhost"], false);
     let cert = pki.write(&format!("{name}-server.pem"), &cert);
     let key = pki.write(&format!("{name}-server-key.pem"), &key);
@@ -83,7 +94,7 @@ async fn start_registrar(stack: &Stack, pki: &Pki, name: &str, port: u16, extra:
         ),
     )
     .unwrap();
-    let r = Registrar::start_with_config(stack, name, config, metrics_port, &[]).await;
+    let r = Registrar::start_with_config(stack, name, config, metrics_port, env).await;
     r.proc.wait_for_port(port, Duration::from_secs(30)).await;
     r
 }
@@ -294,4 +305,50 @@ async fn statefulset_name_reuse_and_downtime_are_repaired() {
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_webhook_rbac_is_sufficient() {
+    let (stack, pki) = webhook_stack().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "spire").await;
+    create_namespace(&k, "apps").await;
+    crate::rbac::apply(&k, "deploy/webhook/registrar.yaml").await;
+    let port = free_port();
+    let kubeconfig = stack.kube.registrar_kubeconfig.display().to_string();
+    let reg = start_registrar_env(
+        &stack,
+        &pki,
+        "wh",
+        port,
+        "",
+        &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "spire")],
+    )
+    .await;
+    register_webhook(&stack, &pki, port, "Fail").await;
+    // A stale entry under the cluster entry, for a pod that does not exist: only the backstop,
+    // which lists pods with the shipped permissions, can remove it.
+    let stale = spire
+        .create_entries(&[k8s_workload_registrar::model::EntrySpec {
+            spiffe_id: id("/ns/apps/sa/ghost"),
+            parent_id: id("/k8s-workload-registrar/wc/node"),
+            selectors: k8s_workload_registrar::identity::pod_selectors("apps", "ghost"),
+            dns_names: vec![],
+            federates_with: Default::default(),
+            downstream: false,
+        }])
+        .await
+        .unwrap();
+    assert!(stale[0].is_ok());
+    pod("apps", "web").sa("web").create(&k).await;
+    converge(&spire, vec![cluster_entry(), pod_entry("apps", "web", "/ns/apps/sa/web")]).await;
+    delete_pod(&k, "apps", "web").await;
+    converge(&spire, vec![cluster_entry()]).await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(k.clone(), "spire")
+        .get("k8s-workload-registrar-webhook-leader-election")
+        .await
+        .unwrap();
+    assert!(lease.spec.unwrap().holder_identity.unwrap().starts_with("wh_"));
+    assert!(!reg.proc.log_text().contains("forbidden"), "a permission is missing:\n{}", reg.proc.log_tail());
 }
