@@ -29,7 +29,7 @@ use crate::{
     http,
     identity::Naming,
     k8s::{cache::ClusterCache, events::EventSink},
-    leadership::{self, Leadership},
+    leadership::{self, Leadership, LeadershipRx, LeadershipTx},
     spire::SpireClient,
     webhook::{admission, backstop::BackstopArgs, handler, server},
 };
@@ -101,16 +101,8 @@ pub async fn run(
         Mode::Webhook(wc) => run_webhook(cfg, wc, client, shutdown).await,
         Mode::Crd(cc) => {
             let metrics = metrics_handle()?;
-            let spire = match &cfg.server {
-                ServerAddress::Unix { path } => SpireClient::unix(path)?,
-                ServerAddress::Tcp { address, agent_socket_path } => {
-                    SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
-                }
-            };
-            let client = match client {
-                Some(c) => c,
-                None => kube::Client::try_default().await?,
-            };
+            let spire = spire_client(&cfg.server).await?;
+            let client = kube_client(client).await?;
             crate::crd::run(cfg, cc, client, spire, metrics, shutdown).await
         }
     }
@@ -123,12 +115,7 @@ async fn run_reconcile(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = metrics_handle()?;
-    let spire = match &cfg.server {
-        ServerAddress::Unix { path } => SpireClient::unix(path)?,
-        ServerAddress::Tcp { address, agent_socket_path } => {
-            SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
-        }
-    };
+    let spire = spire_client(&cfg.server).await?;
     let naming = Arc::new(Naming {
         trust_domain: cfg.trust_domain.clone(),
         cluster: cfg.cluster.clone(),
@@ -138,44 +125,17 @@ async fn run_reconcile(
         pod_dns_zone: rc.add_pod_dns_names.then(|| rc.cluster_dns_zone.clone()),
     });
     naming.validate()?;
-    let client = match client {
-        Some(c) => c,
-        None => kube::Client::try_default().await?,
+    let client = kube_client(client).await?;
+    let le = &rc.leader_election;
+    let election = match le.enabled {
+        true => Some(election_config(
+            le.lock,
+            le.namespace.as_deref(),
+            format!("{}-leader-election", rc.controller_name),
+        )?),
+        false => None,
     };
-
-    // Without election the sender must outlive the registrar, or receivers see a closed channel.
-    let mut _always_leading_tx = None;
-    let (election, leadership) = if rc.leader_election.enabled {
-        let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
-        let namespace = match &rc.leader_election.namespace {
-            Some(ns) => ns.clone(),
-            None => own_namespace().ok_or_else(|| {
-                Error::Election(
-                    "needs a namespace for its lock: set leader_election_namespace, POD_NAMESPACE, or run \
-                     in-cluster"
-                        .into(),
-                )
-            })?,
-        };
-        let election = ElectionConfig {
-            lock: match rc.leader_election.lock {
-                config::LockKind::Leases => LockKind::Leases,
-                config::LockKind::ConfigMaps => LockKind::ConfigMaps,
-            },
-            namespace,
-            name: format!("{}-leader-election", rc.controller_name),
-            identity: identity(),
-            ..ElectionConfig::default()
-        };
-        election.validate().map_err(|e| Error::Election(e.to_string()))?;
-        tracing::info!(identity = %election.identity, lock = ?election.lock, namespace = %election.namespace,
-            name = %election.name, "Leader election on.");
-        (Some((election, tx)), rx)
-    } else {
-        let (tx, rx) = leadership::always_leading();
-        _always_leading_tx = Some(tx);
-        (None, rx)
-    };
+    let Writers { election, leadership, _keep_alive } = writers(election);
 
     let ready = Arc::new(AtomicBool::new(false));
     let alive = Arc::new(AtomicBool::new(true));
@@ -223,6 +183,78 @@ async fn run_reconcile(
     result
 }
 
+/// The SPIRE client for `server`: the admin socket, or TCP with mutual TLS and the SVID the
+/// agent at `agent_socket_path` issues to us.
+async fn spire_client(server: &ServerAddress) -> Result<SpireClient, Error> {
+    Ok(match server {
+        ServerAddress::Unix { path } => SpireClient::unix(path)?,
+        ServerAddress::Tcp { address, agent_socket_path } => {
+            SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
+        }
+    })
+}
+
+/// The injected Kubernetes client, or one from `KUBECONFIG` / in-cluster configuration.
+async fn kube_client(client: Option<kube::Client>) -> Result<kube::Client, Error> {
+    Ok(match client {
+        Some(c) => c,
+        None => kube::Client::try_default().await?,
+    })
+}
+
+/// A validated election config for the lock `name`, in `namespace` or else our own namespace.
+pub(crate) fn election_config(
+    lock: config::LockKind,
+    namespace: Option<&str>,
+    name: String,
+) -> Result<ElectionConfig, Error> {
+    let namespace = match namespace {
+        Some(ns) => ns.to_string(),
+        None => own_namespace().ok_or_else(|| {
+            Error::Election(
+                "needs a namespace for its lock: set leader_election_namespace, POD_NAMESPACE, or run in-cluster"
+                    .into(),
+            )
+        })?,
+    };
+    let election = ElectionConfig {
+        lock: match lock {
+            config::LockKind::Leases => LockKind::Leases,
+            config::LockKind::ConfigMaps => LockKind::ConfigMaps,
+        },
+        namespace,
+        name,
+        identity: identity(),
+        ..ElectionConfig::default()
+    };
+    election.validate().map_err(|e| Error::Election(e.to_string()))?;
+    tracing::info!(identity = %election.identity, lock = ?election.lock, namespace = %election.namespace,
+        name = %election.name, "Leader election on.");
+    Ok(election)
+}
+
+/// Who may write to SPIRE. With an election config: a channel that starts "not leading" and
+/// that the `Leader` actor drives (`election`). Without: a channel that says "leading" forever;
+/// `_keep_alive` holds its sender, so receivers never see it closed.
+pub(crate) struct Writers {
+    pub election: Option<(ElectionConfig, LeadershipTx)>,
+    pub leadership: LeadershipRx,
+    pub _keep_alive: Option<LeadershipTx>,
+}
+
+pub(crate) fn writers(election: Option<ElectionConfig>) -> Writers {
+    match election {
+        Some(config) => {
+            let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
+            Writers { election: Some((config, tx)), leadership: rx, _keep_alive: None }
+        }
+        None => {
+            let (tx, rx) = leadership::always_leading();
+            Writers { election: None, leadership: rx, _keep_alive: Some(tx) }
+        }
+    }
+}
+
 /// Resolves when the registrar actor has stopped for any reason.
 async fn stopped<M: ractor::Message>(registrar: &ActorRef<M>) {
     while !matches!(registrar.get_status(), ractor::ActorStatus::Stopped | ractor::ActorStatus::Stopping) {
@@ -263,7 +295,7 @@ fn injector(_: &ActorRef<RegistrarMsg>) -> Injector {
 
 /// The namespace for the leader lock: `POD_NAMESPACE` (Downward API) or the in-cluster
 /// service-account namespace file.
-fn own_namespace() -> Option<String> {
+pub(crate) fn own_namespace() -> Option<String> {
     std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()).or_else(|| {
         std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
             .ok()
@@ -272,7 +304,7 @@ fn own_namespace() -> Option<String> {
 }
 
 /// `<pod or host name>_<random>`, as client-go users do, so two replicas never share an identity.
-fn identity() -> String {
+pub(crate) fn identity() -> String {
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .ok()
@@ -294,15 +326,8 @@ async fn run_webhook(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = metrics_handle()?;
-    let spire = match &cfg.server {
-        // Short per-call deadline: admissions must answer inside the API server's timeout.
-        ServerAddress::Unix { path } => SpireClient::unix(path)?.with_timeout(admission::CALL_TIMEOUT),
-        ServerAddress::Tcp { address, agent_socket_path } => {
-            SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT)
-                .await?
-                .with_timeout(admission::CALL_TIMEOUT)
-        }
-    };
+    // Short per-call deadline: admissions must answer inside the API server's timeout.
+    let spire = spire_client(&cfg.server).await?.with_timeout(admission::CALL_TIMEOUT);
     let naming = Arc::new(Naming {
         trust_domain: cfg.trust_domain.clone(),
         cluster: cfg.cluster.clone(),
@@ -327,10 +352,7 @@ async fn run_webhook(
         );
     }
     let listener = server::bind(wc.addr).await?;
-    let client = match client {
-        Some(c) => c,
-        None => kube::Client::try_default().await?,
-    };
+    let client = kube_client(client).await?;
 
     // The one cluster-wide node entry every agent of the cluster matches.
     let cluster_entry = naming.webhook_cluster_entry()?;
@@ -354,27 +376,19 @@ async fn run_webhook(
 
     // The backstop writes only on the leader; replicas coordinate through a Lease when they
     // know their namespace (in-cluster), otherwise this replica assumes it is alone.
-    let mut _always_leading_tx = None;
-    let (leader, leadership) = match own_namespace() {
-        Some(namespace) => {
-            let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
-            let election = ElectionConfig {
-                lock: LockKind::Leases,
-                namespace,
-                name: "k8s-workload-registrar-webhook-leader-election".into(),
-                identity: identity(),
-                ..ElectionConfig::default()
-            };
-            election.validate().map_err(|e| Error::Election(e.to_string()))?;
-            (Some(LeaderArgs { client: client.clone(), config: election, tx }), rx)
-        }
+    let election = match own_namespace() {
+        Some(ns) => Some(election_config(
+            config::LockKind::Leases,
+            Some(&ns),
+            "k8s-workload-registrar-webhook-leader-election".into(),
+        )?),
         None => {
             tracing::warn!("No namespace known (POD_NAMESPACE); the backstop runs without leader election.");
-            let (tx, rx) = leadership::always_leading();
-            _always_leading_tx = Some(tx);
-            (None, rx)
+            None
         }
     };
+    let Writers { election, leadership, _keep_alive } = writers(election);
+    let leader = election.map(|(config, tx)| LeaderArgs { client: client.clone(), config, tx });
     let backstop = BackstopArgs {
         naming: naming.clone(),
         spire: spire.clone(),

@@ -31,12 +31,10 @@ use ractor::Actor;
 
 use crate::{
     actors::leader::{Leader, LeaderArgs, LeaderMsg},
-    app::Error,
-    config::{self, Config, CrdConfig},
-    election::{ElectionConfig, LockKind},
+    app::{self, Error},
+    config::{Config, CrdConfig},
     http,
     k8s::events::EventSink,
-    leadership::{self, Leadership},
     spire::SpireClient,
 };
 
@@ -49,7 +47,7 @@ pub async fn run(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let own_ns = own_namespace();
+    let own_ns = app::own_namespace();
     if cc.pod_controller && own_ns.is_none() {
         return Err(Error::Election(
             "pod_controller needs the registrar's namespace for node SpiffeIDs: set POD_NAMESPACE (Downward API) or run in-cluster"
@@ -60,41 +58,21 @@ pub async fn run(
         tracing::warn!("webhook_enabled: the SpiffeID validating webhook is not supported yet; ignored.");
     }
 
-    let mut _always_leading_tx = None;
-    let mut leader = None;
-    let leadership = if cc.leader_election.enabled {
-        let (tx, rx) = tokio::sync::watch::channel(Leadership::default());
-        let namespace = match &cc.leader_election.namespace {
-            Some(ns) => ns.clone(),
-            None => own_namespace().ok_or_else(|| {
-                Error::Election(
-                    "needs a namespace for its lock: set leader_election_namespace, POD_NAMESPACE, or run in-cluster"
-                        .into(),
-                )
-            })?,
-        };
-        let election = ElectionConfig {
-            lock: match cc.leader_election.lock {
-                config::LockKind::Leases => LockKind::Leases,
-                config::LockKind::ConfigMaps => LockKind::ConfigMaps,
-            },
-            namespace,
-            name: "k8s-workload-registrar-crd-leader-election".into(),
-            identity: identity(),
-            ..ElectionConfig::default()
-        };
-        election.validate().map_err(|e| Error::Election(e.to_string()))?;
-        let (actor, done) =
-            Actor::spawn(None, Leader, LeaderArgs { client: client.clone(), config: election, tx })
-                .await
-                .map_err(|e| Error::Spawn(e.to_string()))?;
-        leader = Some((actor, done));
-        rx
-    } else {
-        let (tx, rx) = leadership::always_leading();
-        _always_leading_tx = Some(tx);
-        rx
+    let le = &cc.leader_election;
+    let election = match le.enabled {
+        true => Some(app::election_config(
+            le.lock,
+            le.namespace.as_deref(),
+            "k8s-workload-registrar-crd-leader-election".into(),
+        )?),
+        false => None,
     };
+    let app::Writers { election, leadership, _keep_alive } = app::writers(election);
+    let mut leader = None;
+    if let Some((config, tx)) = election {
+        let args = LeaderArgs { client: client.clone(), config, tx };
+        leader = Some(Actor::spawn(None, Leader, args).await.map_err(|e| Error::Spawn(e.to_string()))?);
+    }
 
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
     if let (true, Some(own_namespace)) = (cc.pod_controller, own_ns) {
@@ -165,25 +143,4 @@ pub async fn run(
     }
     let _ = stop_http.send(());
     result
-}
-
-/// `POD_NAMESPACE` (Downward API) or the in-cluster service-account namespace file.
-fn own_namespace() -> Option<String> {
-    std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()).or_else(|| {
-        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            .ok()
-            .map(|s| s.trim().to_string())
-    })
-}
-
-/// `<pod or host name>_<random>`, so two replicas never share an election identity.
-fn identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "registrar".to_string());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{host}_{:x}{:08x}", std::process::id(), nanos)
 }
