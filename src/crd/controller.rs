@@ -22,7 +22,6 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
         watcher,
     },
@@ -36,6 +35,7 @@ use super::{
 };
 use crate::{
     id::TrustDomain,
+    k8s::events::EventSink,
     leadership::LeadershipRx,
     model::Entry,
     spire::{ListFilter, SpireClient},
@@ -58,7 +58,7 @@ pub struct Ctx {
     pub spire: SpireClient,
     pub trust_domain: TrustDomain,
     pub leadership: LeadershipRx,
-    pub recorder: Recorder,
+    pub events: EventSink,
     pub resync_interval: Duration,
 }
 
@@ -70,12 +70,8 @@ impl Ctx {
         leadership: LeadershipRx,
         resync_interval: Duration,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "k8s-workload-registrar".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, spire, trust_domain, leadership, recorder, resync_interval }
+        let events = EventSink::new(client.clone(), "k8s-workload-registrar");
+        Self { client, spire, trust_domain, leadership, events, resync_interval }
     }
 }
 
@@ -234,15 +230,5 @@ async fn set_status(
 }
 
 async fn warn(ctx: &Ctx, obj: &SpiffeID, reason: &str, note: String) {
-    let reference = obj.object_ref(&());
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Register".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        tracing::warn!(name = %obj.name_any(), error = %e, "Could not publish Kubernetes event.");
-    }
+    ctx.events.warning(&obj.object_ref(&()), reason, note).await;
 }

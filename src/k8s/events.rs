@@ -23,7 +23,6 @@ impl EventSink {
     }
 
     pub async fn pod_warning(&self, namespace: &str, name: &str, uid: &str, reason: &str, note: String) {
-        let Some(recorder) = &self.recorder else { return };
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -32,6 +31,17 @@ impl EventSink {
             uid: Some(uid.into()).filter(|u: &String| !u.is_empty()),
             ..Default::default()
         };
+        self.warning(&reference, reason, note).await;
+    }
+
+    /// A `Warning` event with `reason` and `note` on the object `reference` points at.
+    pub async fn warning(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: String,
+    ) {
+        let Some(recorder) = &self.recorder else { return };
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
@@ -39,8 +49,9 @@ impl EventSink {
             action: "Register".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::warn!(namespace, pod = name, error = %e, "Could not publish Kubernetes event.");
+        if let Err(e) = recorder.publish(&event, reference).await {
+            tracing::warn!(kind = ?reference.kind, name = ?reference.name, error = %e,
+                "Could not publish Kubernetes event.");
         }
     }
 }
