@@ -23,12 +23,13 @@ const CLUSTER_NODE: &str = "spiffe://example.org/k8s-workload-registrar/wc/node"
 
 struct Pki {
     ca: TestCa,
-    dir: PathBuf,
+    /// Removed when the test ends, like the stack's own temp dir.
+    dir: tempfile::TempDir,
 }
 
 impl Pki {
     fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let p = self.dir.join(name);
+        let p = self.dir.path().join(name);
         std::fs::write(&p, pem).unwrap();
         p
     }
@@ -40,7 +41,7 @@ fn b64(s: &str) -> String {
 
 /// A stack whose API server presents `client` certs to webhooks.
 async fn webhook_stack() -> (Stack, Pki) {
-    let dir = tempfile::Builder::new().prefix("kwr-wh-").tempdir_in("/tmp").unwrap().keep();
+    let dir = tempfile::Builder::new().prefix("kwr-wh-").tempdir_in("/tmp").unwrap();
     let pki = Pki { ca: TestCa::new("registrar webhook ca"), dir };
     let (client_cert, client_key) = pki.ca.leaf("kube-apiserver", &[], true);
     let kubeconfig = pki.write(
