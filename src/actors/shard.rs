@@ -19,7 +19,7 @@
 //! * A failed write or read forgets `actual` and retries with backoff, re-reading SPIRE first.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     diff::diff,
-    identity::{IdentityError, Naming},
+    identity::{EndpointSliceInfo, IdentityError, Naming},
     k8s::{cache::ClusterCache, events::EventSink},
     leadership::LeadershipRx,
     model::{Entry, EntrySpec},
@@ -184,10 +184,15 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
         Err(e) => tracing::warn!(node = %a.node, error = %e, "Node gets no entry."),
     }
     let mut problems = Vec::new();
+    // Slices are looked up once per namespace per sync, not once per pod.
+    let mut slices_by_ns: HashMap<String, Vec<EndpointSliceInfo>> = HashMap::new();
     for pod in a.cache.pods_on(&a.node) {
-        let slices =
-            if a.naming.pod_dns_zone.is_some() { a.cache.slices_in(&pod.namespace) } else { Vec::new() };
-        match a.naming.pod_entry_with_warnings(&pod, &slices) {
+        let slices: &[EndpointSliceInfo] = if a.naming.pod_dns_zone.is_some() {
+            slices_by_ns.entry(pod.namespace.clone()).or_insert_with(|| a.cache.slices_in(&pod.namespace))
+        } else {
+            &[]
+        };
+        match a.naming.pod_entry_with_warnings(&pod, slices) {
             Ok(Some(d)) => {
                 for rejected in &d.rejected_dns_names {
                     tracing::debug!(namespace = %pod.namespace, pod = %pod.name, reason = %rejected, "DNS name dropped.");

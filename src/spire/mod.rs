@@ -23,8 +23,6 @@ pub use workload::SvidSource;
 pub enum Error {
     #[error("invalid SPIRE server address {address:?}: {reason}")]
     Address { address: String, reason: String },
-    #[error("SPIRE server at {address} is not supported yet: {reason}")]
-    Unsupported { address: String, reason: String },
     #[error("SPIRE {method} failed: {code:?}: {message}")]
     Rpc { method: &'static str, code: tonic::Code, message: String },
     #[error("SPIRE returned an entry the registrar cannot read (id {id:?}): {reason}")]
@@ -39,7 +37,7 @@ impl Error {
     /// Bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Address { .. } | Error::Unsupported { .. } => "config",
+            Error::Address { .. } => "config",
             Error::Rpc { code: tonic::Code::Unavailable, .. } => "unavailable",
             Error::Rpc { code: tonic::Code::DeadlineExceeded, .. } => "timeout",
             Error::Rpc { .. } => "rpc",
