@@ -69,17 +69,7 @@ async fn spiffeids_map_to_entries() {
     install_crd(&k).await;
     set_bundle(&stack.spire, stack.dir.path(), "other.org");
     // A hand-made entry must survive everything below, even one that looks like a SpiffeID's.
-    let hand = stack.spire.cli(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/spire/agent/x",
-        "-spiffeID",
-        "spiffe://example.org/hand/made",
-        "-selector",
-        "k8s:ns:hand",
-    ]);
-    assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
+    stack.spire.create_hand_made_entry("k8s:ns:hand");
     let hand_made =
         want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["k8s:ns:hand"]);
 

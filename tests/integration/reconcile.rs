@@ -32,17 +32,7 @@ async fn entries_follow_pods_and_nodes() {
     pod("shop", "pending").sa("x").create(&k).await; // not scheduled: no entry yet
     pod("kube-system", "dns").on("n1").create(&k).await; // disabled namespace by default
     // A hand-made entry that is not ours must survive everything below.
-    let hand = stack.spire.cli(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/spire/agent/x",
-        "-spiffeID",
-        "spiffe://example.org/hand/made",
-        "-selector",
-        "unix:uid:0",
-    ]);
-    assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
+    stack.spire.create_hand_made_entry("unix:uid:0");
     // federation needs a bundle for other.org in SPIRE
     set_bundle(&stack.spire, stack.dir.path(), "other.org");
 

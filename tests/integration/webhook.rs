@@ -6,10 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Pod};
-use kube::{
-    Api,
-    api::{DeleteParams, PostParams},
-};
+use kube::{Api, api::PostParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -292,8 +289,7 @@ async fn statefulset_name_reuse_and_downtime_are_repaired() {
     )
     .await;
     reg.proc.kill();
-    let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-    Api::<Pod>::namespaced(k.clone(), "db").delete("gone", &dp).await.unwrap();
+    delete_pod(&k, "db", "gone").await;
     pod("db", "new").sa("new").create(&k).await;
     let _reg = start_registrar(&stack, &pki, "wh2", port, "").await;
     converge(

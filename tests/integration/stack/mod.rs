@@ -374,6 +374,23 @@ plugins {{
             .expect("run spire-server CLI")
     }
 
+    /// Creates a "hand-made" entry with SPIRE's own CLI (parent `spiffe://example.org/spire/agent/x`,
+    /// SPIFFE ID `spiffe://example.org/hand/made`, one `selector`): an entry the registrar does
+    /// not own and must never touch.
+    pub fn create_hand_made_entry(&self, selector: &str) {
+        let out = self.cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://example.org/spire/agent/x",
+            "-spiffeID",
+            "spiffe://example.org/hand/made",
+            "-selector",
+            selector,
+        ]);
+        assert!(out.status.success(), "entry create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// All entries as the CLI shows them (`entry show -output json`), proving what SPIRE holds
     /// independently of our own client.
     pub fn cli_entries(&self) -> Vec<serde_json::Value> {
