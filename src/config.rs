@@ -949,6 +949,7 @@ fn crd(raw: &RawConfig, ck: &mut Check) -> CrdConfig {
     for template in &dns_name_templates {
         check_refs("dns_name_templates", "dns_name_template", template);
     }
+    check_templates(ck, identity_template.as_deref(), &dns_name_templates, context.as_ref());
 
     let text = |ck: &mut Check, key: &str, value: &Option<String>, default: &str| {
         ck.string(key, value).ok().flatten().unwrap_or_else(|| default.to_string())
@@ -981,6 +982,63 @@ fn crd(raw: &RawConfig, ck: &mut Check) -> CrdConfig {
         dns_name_templates,
         context: context.unwrap_or_default(),
         resync_interval: resync(raw, ck),
+    }
+}
+
+/// The original's start-up check, with this registrar's per-pod rules: every template is rendered
+/// for a dummy pod (all fields `xx`, UID `123`) and the real context; the identity must be a valid,
+/// unreserved workload ID and every DNS name valid. A template failing here would fail for every
+/// pod — and a registrar that started anyway would remove every pod's SpiffeID and entry.
+fn check_templates(
+    ck: &mut Check,
+    identity_template: Option<&str>,
+    dns_name_templates: &[String],
+    context: Option<&BTreeMap<String, String>>,
+) {
+    use crate::crd::template::{PodFields, TemplateError, render};
+    let xx = || "xx".to_string();
+    let dummy = PodFields {
+        name: xx(),
+        namespace: xx(),
+        uid: "123".into(),
+        service_account: xx(),
+        hostname: xx(),
+        node_name: xx(),
+    };
+    let empty = BTreeMap::new();
+    let context = context.unwrap_or(&empty);
+    // Missing context keys were reported above, with the key's name.
+    let rendered = |ck: &mut Check, key: &str, template: &str| match render(template, &dummy, context) {
+        Ok(out) => Some(out),
+        Err(TemplateError::MissingContext { .. }) => None,
+        Err(e) => {
+            ck.fail_whole(key, format!("{}: {e}", key.trim_end_matches('s')));
+            None
+        }
+    };
+    let td = TrustDomain::parse("testdomain").expect("valid trust domain");
+    if let Some(template) = identity_template
+        && let Some(out) = rendered(ck, "identity_template", template)
+        && let Err(e) = crate::identity::workload_id(&td, &out, None)
+    {
+        ck.fail_whole(
+            "identity_template",
+            format!("identity_template {template:?} yields the path {out:?} for a pod, which is no valid workload ID: {e}"),
+        );
+    }
+    for template in dns_name_templates {
+        // As the original: spaces are removed from DNS templates before rendering.
+        let compact: String = template.chars().filter(|c| *c != ' ').collect();
+        if let Some(out) = rendered(ck, "dns_name_templates", &compact)
+            && let Err(e) = id::validate_dns_name(&out)
+        {
+            ck.fail_whole(
+                "dns_name_templates",
+                format!(
+                    "dns_name_template {template:?} yields {out:?} for a pod, which is no valid DNS name: {e}"
+                ),
+            );
+        }
     }
 }
 
@@ -1403,6 +1461,34 @@ cluster = "c"
             (
                 with("mode = \"crd\"\ndns_name_templates = [\"{{.Context.Zone}}\"]"),
                 &["dns_name_template references non-existing context"],
+            ),
+            (
+                with("mode = \"crd\"\nidentity_template = \"ns/{{.Pod.Name}}/\""),
+                &["identity_template \"", "must not end with '/'", "\"ns/xx/\""],
+            ),
+            (
+                with("mode = \"crd\"\nidentity_template = \"spiffe://x/{{.Pod.Name}}\""),
+                &["identity_template \"", "no valid workload ID"],
+            ),
+            (
+                with("mode = \"crd\"\nidentity_template = \"//{{.Pod.Name}}\""),
+                &["identity_template \"", "is empty"],
+            ),
+            (
+                with("mode = \"crd\"\nidentity_template = \"spire/{{.Pod.Name}}\""),
+                &["identity_template \"", "is reserved"],
+            ),
+            (
+                with("mode = \"crd\"\nidentity_template = \"ns/{{.Pod.XXXX}}\""),
+                &["identity_template: ", "unknown field \".Pod.XXXX\""],
+            ),
+            (
+                with("mode = \"crd\"\ndns_name_templates = [\"$%^&*\"]"),
+                &["dns_name_template \"", "no valid DNS name"],
+            ),
+            (
+                with("mode = \"crd\"\ndns_name_templates = [\"{{.Pod.Name}}\", \"{{.Pod.Nope}}\"]"),
+                &["dns_name_template: ", ".Pod.Nope"],
             ),
             (
                 with("cluster_dns_zone = \"x\""),

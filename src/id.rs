@@ -30,6 +30,13 @@ pub enum IdError {
     TrailingSlash(String),
     #[error("SPIFFE ID {id:?} is not in trust domain {expected:?}")]
     WrongTrustDomain { id: String, expected: String },
+    /// The ID lies under a prefix that only SPIRE and the registrars' node aliases may use (see
+    /// `identity::reserved`).
+    #[error(
+        "SPIFFE ID {id:?} is reserved: IDs under {prefix:?} belong to SPIRE and to registrars' node \
+         aliases, and a workload holding one would give its node's agent other workloads' SVIDs"
+    )]
+    Reserved { id: String, prefix: String },
 }
 
 /// Why a DNS name was rejected (SPIRE's rule: labels of 2-63 letters, digits or inner hyphens).

@@ -27,9 +27,12 @@
 //! # SPIFFE ID of a pod (both modes)
 //!
 //! * Service-account mode: `/ns/<namespace>/sa/<service account>`.
-//! * Label/annotation mode: the value is the path. It may hold several `/`-separated segments
-//!   (`services/payment/v1`); one leading `/` is tolerated; every segment must be non-empty, not
-//!   `.`/`..` and only `[A-Za-z0-9._-]`. An invalid value is an error, never a partial ID.
+//! * Label/annotation mode: the value is the path ([`workload_id`]: several segments allowed, one
+//!   leading `/` tolerated, every segment validated). An invalid value is an error, never a
+//!   partial ID.
+//! * Reserved identities ([`workload_id`] module): no pod ID may equal or lie under `/spire`,
+//!   `/k8s-workload-registrar`, `/spire-k8s-registrar` or `/<controller_name>`; such a pod gets no
+//!   entry (webhook mode: the admission is denied) and an error saying why.
 //!
 //! # Federation
 //!
@@ -42,6 +45,9 @@ mod dns;
 mod fixtures;
 #[cfg(test)]
 mod tests;
+pub mod workload_id;
+
+pub use workload_id::{check_not_reserved, is_registrar_id, workload_id};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -219,6 +225,7 @@ impl IdentityError {
     /// A bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self.kind() {
+            IdentityErrorKind::InvalidId { reason: IdError::Reserved { .. }, .. } => "reserved_id",
             IdentityErrorKind::InvalidId { .. } => "invalid_id",
             IdentityErrorKind::InvalidFederation { .. } => "invalid_federation",
             IdentityErrorKind::FederatesWithOwnTrustDomain { .. } => "federates_with_self",
@@ -418,12 +425,14 @@ impl Naming {
 
     // ---------------------------------------------------------------- shared rules
 
-    /// The pod's SPIFFE ID, `None` when label/annotation mode finds no such key on the pod.
+    /// The pod's SPIFFE ID, `None` when label/annotation mode finds no such key on the pod. The
+    /// value rule and the reserved-identity rule are [`workload_id`]'s, shared by every mode.
     fn pod_spiffe_id(&self, pod: &PodInfo) -> Result<Option<SpiffeId>, IdentityError> {
         let invalid = |field: Field, value: &str, reason: IdError| -> IdentityError {
             IdentityErrorKind::InvalidId { object: pod_ref(pod), field, value: value.to_string(), reason }
                 .into()
         };
+        let controller = Some(self.controller_name.as_str());
         let (field, value) = match &self.id_source {
             IdSource::ServiceAccount => {
                 validate_segment(&pod.namespace, &pod.namespace)
@@ -431,9 +440,10 @@ impl Naming {
                 validate_segment(&pod.service_account, &pod.service_account)
                     .map_err(|reason| invalid(Field::ServiceAccount, &pod.service_account, reason))?;
                 let segments = ["ns", &pod.namespace, "sa", &pod.service_account];
-                return SpiffeId::from_segments(&self.trust_domain, &segments)
-                    .map(Some)
-                    .map_err(|reason| invalid(Field::ServiceAccount, &pod.service_account, reason));
+                let id = SpiffeId::from_segments(&self.trust_domain, &segments)
+                    .and_then(|id| workload_id::check_not_reserved(&id, controller).map(|()| id))
+                    .map_err(|reason| invalid(Field::ServiceAccount, &pod.service_account, reason))?;
+                return Ok(Some(id));
             }
             IdSource::Label(key) => match pod.labels.get(key) {
                 Some(value) => (Field::Label(key.clone()), value),
@@ -444,16 +454,7 @@ impl Naming {
                 None => return Ok(None),
             },
         };
-        let path = value.strip_prefix('/').unwrap_or(value);
-        if path.is_empty() {
-            return Err(invalid(field, value, IdError::EmptyPath(value.clone())));
-        }
-        let segments: Vec<&str> = path.split('/').collect();
-        // Validate with the whole value as context so the message shows where the bad segment is.
-        for segment in &segments {
-            validate_segment(segment, value).map_err(|reason| invalid(field.clone(), value, reason))?;
-        }
-        SpiffeId::from_segments(&self.trust_domain, &segments)
+        workload_id(&self.trust_domain, value, controller)
             .map(Some)
             .map_err(|reason| invalid(field, value, reason))
     }

@@ -36,7 +36,10 @@ use super::{
 use crate::{
     diff::diff,
     identity::{EndpointSliceInfo, IdentityError, Naming},
-    k8s::{cache::ClusterCache, events::EventSink},
+    k8s::{
+        cache::ClusterCache,
+        events::{EventSink, Reason},
+    },
     leadership::LeadershipRx,
     model::{Entry, EntrySpec},
     spire::ListFilter,
@@ -215,7 +218,7 @@ async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, 
     // One log line and one Event per distinct problem, not one per sync.
     if state.reported.insert(format!("{uid}|{msg}")) {
         tracing::warn!(namespace, pod = name, error = %msg, "Pod gets no SPIFFE identity.");
-        state.args.events.pod_warning(namespace, name, uid, "InvalidSpiffeId", msg).await;
+        state.args.events.pod_warning(namespace, name, uid, Reason::of_identity(&e), msg).await;
     }
 }
 

@@ -1,19 +1,28 @@
 //! SpiffeID → SPIRE entry controller (kube-runtime `Controller`, all namespaces).
 //!
-//! * Every SpiffeID carries the finalizer [`FINALIZER`]; deleting the object deletes the entry
-//!   recorded in `status.entryId`, then the finalizer is removed.
-//! * Ownership: the controller only updates or deletes the entry recorded in the SpiffeID's
-//!   status (which it created). It never adopts an existing entry with the same parent, SPIFFE ID
-//!   and selectors (hand-made or another SpiffeID's): that SpiffeID gets a Warning Event and
+//! * Every SpiffeID carries the finalizer [`FINALIZER`]; deleting the object deletes its entry,
+//!   then the finalizer is removed.
+//! * Ownership ([`super::plan`]): a SpiffeID owns the entry whose ID derives from its UID, and the
+//!   controller reads, updates and deletes only that one; `status.entryId` is a report, never
+//!   proof. It never adopts an existing entry with the same parent, SPIFFE ID and selectors
+//!   (hand-made or another SpiffeID's): that SpiffeID gets an `EntryConflict` Event and
 //!   `status.error` instead (a deliberate difference from the original, which shared such entries).
-//! * Every field is compared ([`EntrySpec::same_as`]), so any spec change reaches SPIRE.
-//! * An invalid spec gets no entry, a Warning Event naming the field and `status.error`; other
-//!   SpiffeIDs are unaffected. Transient failures retry after a few seconds.
+//! * Every field is compared (`EntrySpec::same_as`), so any spec change reaches SPIRE.
+//! * The trust boundary ([`super::policy`]) runs before every write: a spec that is invalid, takes
+//!   a reserved identity or asks for what only the registrar may write gets no entry, a Warning
+//!   Event naming the field and `status.error`; other SpiffeIDs are unaffected.
+//! * A spec SPIRE refuses for good (`INVALID_ARGUMENT`, a federated trust domain without a bundle)
+//!   gets one `SpireRejected` Event and is not retried until its spec changes. Transient failures
+//!   retry after a few seconds.
 //! * Writes happen only while this replica leads; followers requeue and wait.
 //! * Each SpiffeID is re-checked every `resync_interval` (an entry deleted behind our back is
 //!   recreated).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
@@ -27,17 +36,15 @@ use kube::{
     },
 };
 use serde_json::json;
-use tonic::Code;
 
 use super::{
-    convert::entry_spec,
+    plan::{EntryPlan, entry_id, plan},
+    policy::Policy,
     resource::{FINALIZER, SpiffeID},
 };
 use crate::{
-    id::TrustDomain,
-    k8s::events::EventSink,
+    k8s::events::{EventSink, Reason},
     leadership::LeadershipRx,
-    model::Entry,
     spire::{ListFilter, SpireClient},
 };
 
@@ -56,22 +63,24 @@ pub enum Error {
 pub struct Ctx {
     pub client: kube::Client,
     pub spire: SpireClient,
-    pub trust_domain: TrustDomain,
+    pub policy: Policy,
     pub leadership: LeadershipRx,
     pub events: EventSink,
     pub resync_interval: Duration,
+    /// Entry IDs whose spec SPIRE refused for good, with the SpiffeID generation refused.
+    rejected: Mutex<HashMap<String, i64>>,
 }
 
 impl Ctx {
     pub fn new(
         client: kube::Client,
         spire: SpireClient,
-        trust_domain: TrustDomain,
+        policy: Policy,
         leadership: LeadershipRx,
         resync_interval: Duration,
     ) -> Self {
         let events = EventSink::new(client.clone(), "k8s-workload-registrar");
-        Self { client, spire, trust_domain, leadership, events, resync_interval }
+        Self { client, spire, policy, leadership, events, resync_interval, rejected: Mutex::default() }
     }
 }
 
@@ -114,7 +123,8 @@ async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 }
 
 async fn cleanup(obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Action, Error> {
-    if let Some(id) = obj.status.as_ref().and_then(|s| s.entry_id.clone()) {
+    // Only the entry this object provably owns; `status.entryId` is never believed (see `plan`).
+    if let Some(id) = entry_id(&obj.uid().unwrap_or_default()) {
         delete_entry(ctx, &id).await?;
         tracing::info!(namespace = ?obj.namespace(), name = %obj.name_any(), entry_id = %id, "Finalized SpiffeID; entry deleted.");
     }
@@ -128,94 +138,106 @@ async fn delete_entry(ctx: &Ctx, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Records why the SpiffeID has no entry: one log line, metric increment and Event per distinct
+/// problem (a status that already says so means it was reported).
+async fn refuse(
+    api: &Api<SpiffeID>,
+    obj: &SpiffeID,
+    ctx: &Ctx,
+    reason: Reason,
+    metric: &'static str,
+    msg: String,
+) -> Result<(), Error> {
+    let status = obj.status.clone().unwrap_or_default();
+    if status.error.as_deref() == Some(msg.as_str()) && status.entry_id.is_none() {
+        return Ok(());
+    }
+    tracing::warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %msg, "SpiffeID gets no entry.");
+    metrics::counter!("registrar_invalid_identity_total", "reason" => metric).increment(1);
+    warn(ctx, obj, reason, msg.clone()).await;
+    set_status(api, &obj.name_any(), None, Some(&msg)).await
+}
+
 async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Action, Error> {
     let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_default();
     let status = obj.status.clone().unwrap_or_default();
-    let current = status.entry_id.clone();
-    let desired = match entry_spec(&obj.spec, &ctx.trust_domain) {
+    let Some(own_id) = entry_id(&obj.uid().unwrap_or_default()) else {
+        return Err(Error::Item { op: "read", reason: "object has no usable UID".into() });
+    };
+    if let Some(claimed) = status.entry_id.as_deref().filter(|c| *c != own_id) {
+        tracing::warn!(namespace = %ns, %name, claimed, entry_id = %own_id,
+            "status.entryId names an entry this SpiffeID does not own; ignored (and left untouched).");
+    }
+    let desired = match ctx.policy.entry(&ns, &obj.spec) {
         Ok(d) => d,
         Err(e) => {
-            let msg = e.to_string();
-            if let Some(id) = &current {
-                delete_entry(ctx, id).await?;
+            // Our own entry (if any) no longer stands for a valid spec.
+            if ctx.spire.get_entry(&own_id).await?.is_some() {
+                delete_entry(ctx, &own_id).await?;
             }
-            if current.is_some() || status.error.as_deref() != Some(msg.as_str()) {
-                tracing::warn!(namespace = ?obj.namespace(), %name, error = %msg, "Invalid SpiffeID; no entry.");
-                metrics::counter!("registrar_invalid_identity_total", "reason" => "spiffeid").increment(1);
-                warn(ctx, &obj, "InvalidSpiffeID", msg.clone()).await;
-                set_status(api, &name, None, Some(&msg)).await?;
-            }
+            let reason = if e.is_reserved() { Reason::ReservedIdentity } else { Reason::InvalidIdentity };
+            refuse(api, &obj, ctx, reason, e.metric_label(), e.to_string()).await?;
             return Ok(Action::await_change());
         }
     };
+    // A spec SPIRE refused for good is not retried until the spec changes (or a restart).
+    let generation = obj.metadata.generation.unwrap_or_default();
+    if ctx.rejected.lock().expect("not poisoned").get(&own_id) == Some(&generation) {
+        return Ok(Action::await_change());
+    }
+    let own = ctx.spire.get_entry(&own_id).await?;
     let same_id = ctx
         .spire
         .list_entries(&ListFilter { by_spiffe_id: Some(desired.spiffe_id.clone()), ..Default::default() })
         .await?;
-    if let Some(id) = &current
-        && same_id.iter().any(|e| &e.id == id && e.spec.same_as(&desired))
-    {
-        if status.error.is_some() {
-            set_status(api, &name, Some(id), None).await?;
-        }
-        return Ok(Action::requeue(ctx.resync_interval));
-    }
-    // Never adopt an entry we did not create.
-    if let Some(other) = same_id.iter().find(|e| {
-        Some(&e.id) != current.as_ref()
-            && e.spec.parent_id == desired.parent_id
-            && e.spec.selectors == desired.selectors
-    }) {
-        let msg = format!(
-            "an entry with the same spiffeId, parentId and selectors already exists (id {}) and is not owned by this SpiffeID",
-            other.id
-        );
-        if let Some(id) = &current {
-            // Our entry is stale (the spec moved onto someone else's entry): remove it.
-            delete_entry(ctx, id).await?;
-        }
-        if status.error.as_deref() != Some(msg.as_str()) || current.is_some() {
-            warn(ctx, &obj, "EntryConflict", msg.clone()).await;
-            set_status(api, &name, None, Some(&msg)).await?;
-        }
-        return Ok(Action::requeue(ctx.resync_interval));
-    }
-    if let Some(id) = &current {
-        let entry = Entry { id: id.clone(), spec: desired.clone() };
-        match ctx.spire.update_entries(std::slice::from_ref(&entry)).await?.pop() {
-            Some(Ok(_)) => {
-                tracing::info!(%name, entry_id = %id, "Entry updated.");
-                if status.error.is_some() {
-                    set_status(api, &name, Some(id), None).await?;
-                }
-                return Ok(Action::requeue(ctx.resync_interval));
+    let written = match plan(&own_id, &desired, own.as_ref(), &same_id) {
+        EntryPlan::Keep => None,
+        EntryPlan::Conflict { other, delete_own } => {
+            if delete_own {
+                delete_entry(ctx, &own_id).await?;
             }
-            Some(Err(e)) if e.code == Code::NotFound => {
-                tracing::info!(%name, entry_id = %id, "Recorded entry is gone; creating a new one.");
-            }
-            Some(Err(e)) if e.code == Code::AlreadyExists => {
-                // The new spec collides with an entry we do not own: our old entry is stale.
-                delete_entry(ctx, id).await?;
-                let msg = format!(
-                    "an entry with the same spiffeId, parentId and selectors already exists and is not owned by this SpiffeID: {e}"
-                );
-                warn(ctx, &obj, "EntryConflict", msg.clone()).await;
-                set_status(api, &name, None, Some(&msg)).await?;
-                return Ok(Action::requeue(ctx.resync_interval));
-            }
-            Some(Err(e)) => return Err(Error::Item { op: "update", reason: e.to_string() }),
-            None => return Err(Error::Item { op: "update", reason: "no result".into() }),
+            let msg = format!(
+                "an entry with the same spiffeId, parentId and selectors already exists (id {other}) and is not owned by this SpiffeID"
+            );
+            refuse(api, &obj, ctx, Reason::EntryConflict, "entry_conflict", msg).await?;
+            return Ok(Action::requeue(ctx.resync_interval));
         }
-    }
-    match ctx.spire.create_entries(std::slice::from_ref(&desired)).await?.pop() {
-        Some(Ok(entry)) => {
-            tracing::info!(namespace = ?obj.namespace(), %name, entry_id = %entry.id, spiffe_id = %desired.spiffe_id, "Entry created.");
-            set_status(api, &name, Some(&entry.id), None).await?;
-            Ok(Action::requeue(ctx.resync_interval))
+        EntryPlan::Update(entry) => {
+            Some(("update", ctx.spire.update_entries(std::slice::from_ref(&entry)).await?.pop()))
         }
-        Some(Err(e)) => Err(Error::Item { op: "create", reason: e.to_string() }),
-        None => Err(Error::Item { op: "create", reason: "no result".into() }),
+        EntryPlan::Create(entry) => {
+            Some(("create", ctx.spire.create_entries_with_ids(std::slice::from_ref(&entry)).await?.pop()))
+        }
+    };
+    match written {
+        None => {}
+        Some((op, Some(Ok(entry)))) if entry.id == own_id => {
+            tracing::info!(namespace = %ns, %name, entry_id = %own_id, spiffe_id = %desired.spiffe_id, op, "Entry written.");
+        }
+        Some((_, Some(Ok(entry)))) => {
+            // ALREADY_EXISTS with someone else's similar entry (created since our read).
+            let msg = format!(
+                "an entry with the same spiffeId, parentId and selectors already exists (id {}) and is not owned by this SpiffeID",
+                entry.id
+            );
+            refuse(api, &obj, ctx, Reason::EntryConflict, "entry_conflict", msg).await?;
+            return Ok(Action::requeue(ctx.resync_interval));
+        }
+        Some((op, Some(Err(e)))) if e.is_permanent() => {
+            ctx.rejected.lock().expect("not poisoned").insert(own_id.clone(), generation);
+            let msg = format!("SPIRE refused to {op} the entry: {}", e.message);
+            refuse(api, &obj, ctx, Reason::SpireRejected, "spire_rejected", msg).await?;
+            return Ok(Action::await_change());
+        }
+        Some((op, Some(Err(e)))) => return Err(Error::Item { op, reason: e.to_string() }),
+        Some((op, None)) => return Err(Error::Item { op, reason: "no result".into() }),
     }
+    ctx.rejected.lock().expect("not poisoned").remove(&own_id);
+    if status.entry_id.as_deref() != Some(own_id.as_str()) || status.error.is_some() {
+        set_status(api, &name, Some(&own_id), None).await?;
+    }
+    Ok(Action::requeue(ctx.resync_interval))
 }
 
 async fn set_status(
@@ -229,6 +251,6 @@ async fn set_status(
     Ok(())
 }
 
-async fn warn(ctx: &Ctx, obj: &SpiffeID, reason: &str, note: String) {
+async fn warn(ctx: &Ctx, obj: &SpiffeID, reason: Reason, note: String) {
     ctx.events.warning(&obj.object_ref(&()), reason, note).await;
 }

@@ -21,6 +21,11 @@ pub enum SpecError {
     DnsName(DnsError),
     #[error("spec.federatesWith: {0}")]
     FederatesWith(IdError),
+    #[error("spec.federatesWith: {0:?} is this registrar's own trust domain (SPIRE rejects it)")]
+    FederatesWithSelf(String),
+    /// A field asks for what only the registrar may write (see `crd::policy`).
+    #[error("spec.{field}: {value:?} {why}")]
+    NotAllowed { field: &'static str, value: String, why: &'static str },
     #[error("spec.selector: no selector is set (the entry would match nothing)")]
     EmptySelector,
 }
@@ -29,11 +34,34 @@ impl SpecError {
     /// A short, bounded reason for metrics and Event reasons.
     pub fn field(&self) -> &'static str {
         match self {
-            SpecError::SpiffeId(_) | SpecError::Reserved(_) => "spiffeId",
+            SpecError::SpiffeId(IdError::Reserved { .. }) | SpecError::Reserved(_) => "spiffeId",
+            SpecError::SpiffeId(_) => "spiffeId",
             SpecError::ParentId(_) => "parentId",
             SpecError::DnsName(_) => "dnsNames",
-            SpecError::FederatesWith(_) => "federatesWith",
+            SpecError::FederatesWith(_) | SpecError::FederatesWithSelf(_) => "federatesWith",
             SpecError::EmptySelector => "selector",
+            SpecError::NotAllowed { field, .. } => field,
+        }
+    }
+
+    /// True when the spec asks for a reserved identity or for what only the registrar may write
+    /// (as opposed to a malformed value).
+    pub fn is_reserved(&self) -> bool {
+        matches!(
+            self,
+            SpecError::Reserved(_)
+                | SpecError::SpiffeId(IdError::Reserved { .. })
+                | SpecError::NotAllowed { .. }
+        )
+    }
+
+    /// A bounded label for metrics; the same set as `identity::IdentityError::metric_label`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            _ if self.is_reserved() => "reserved_id",
+            SpecError::FederatesWith(_) => "invalid_federation",
+            SpecError::FederatesWithSelf(_) => "federates_with_self",
+            _ => "invalid_id",
         }
     }
 }
@@ -92,7 +120,11 @@ pub fn entry_spec(spec: &SpiffeIdSpec, td: &TrustDomain) -> Result<EntrySpec, Sp
     }
     let mut federates_with = BTreeSet::new();
     for d in &spec.federates_with {
-        federates_with.insert(TrustDomain::parse(d.trim()).map_err(SpecError::FederatesWith)?.to_string());
+        let domain = TrustDomain::parse(d.trim()).map_err(SpecError::FederatesWith)?;
+        if &domain == td {
+            return Err(SpecError::FederatesWithSelf(d.clone()));
+        }
+        federates_with.insert(domain.to_string());
     }
     let selectors = selectors(&spec.selector);
     if selectors.is_empty() {
@@ -186,6 +218,7 @@ mod tests {
             (|s| s.parent_id = "spiffe://example.org.evil/spire/server".into(), "parentId"),
             (|s| s.dns_names = vec!["bad_name".into()], "dnsNames"),
             (|s| s.federates_with = vec!["Not A Domain".into()], "federatesWith"),
+            (|s| s.federates_with = vec!["spiffe://example.org".into()], "federatesWith"),
             (|s| s.selector = CrdSelector::default(), "selector"),
             (
                 |s| s.selector = CrdSelector { namespace: Some(String::new()), ..Default::default() },

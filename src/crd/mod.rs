@@ -1,19 +1,22 @@
 //! CRD mode: SpiffeID custom resources (`spiffeid.spiffe.io/v1beta1`) are the source of truth;
 //! each maps to exactly one SPIRE entry (see [`controller`]).
 //!
-//! * core, pure: [`resource`] (the type), [`convert`] (SpiffeID → `EntrySpec`, validation),
-//!   [`template`] (the identity / DNS-name template subset);
-//! * shell: [`controller`] (kube-runtime controller, leader-gated writes), [`run`] (wiring).
+//! * core, pure: [`resource`] (the type), [`convert`] (SpiffeID → `EntrySpec`), [`policy`] (what
+//!   a SpiffeID may ask for: the trust boundary), [`plan`] (entry ownership and the write to
+//!   make), [`pods`] (Pod / Node → SpiffeID), [`template`] (the identity / DNS-name template
+//!   subset);
+//! * shell: [`controller`] (SpiffeID → entry, leader-gated writes), [`sync`] (Pod / Node /
+//!   EndpointSlice → SpiffeID, with `pod_controller` and `add_svc_dns_name`), [`run`] (wiring).
 //!
-//! * [`pods`] (pure) and [`sync`] (shell): Pod / Node (/ EndpointSlice) → SpiffeID, with
-//!   `pod_controller` (and `add_svc_dns_name`).
-//!
-//! Not yet implemented: the SpiffeID validating webhook (`webhook_enabled`); start-up logs a
-//! warning when it is enabled.
+//! * [`admission`] (pure): the SpiffeID validating webhook (`webhook_enabled`), served over HTTPS
+//!   on `webhook_port` with `tls.crt`/`tls.key` from `webhook_cert_dir`.
 
+pub mod admission;
 pub mod controller;
 pub mod convert;
+pub mod plan;
 pub mod pods;
+pub mod policy;
 pub mod resource;
 pub mod sync;
 pub mod template;
@@ -36,6 +39,7 @@ use crate::{
     http,
     k8s::events::EventSink,
     spire::SpireClient,
+    webhook::{handler, server},
 };
 
 /// Runs CRD mode until `shutdown` resolves.
@@ -54,9 +58,25 @@ pub async fn run(
                 .into(),
         ));
     }
-    if cc.webhook_enabled {
-        tracing::warn!("webhook_enabled: the SpiffeID validating webhook is not supported yet; ignored.");
-    }
+    let policy = policy::Policy {
+        trust_domain: cfg.trust_domain.clone(),
+        cluster: cfg.cluster.clone(),
+        own_namespace: own_ns.clone(),
+    };
+    // The SpiffeID webhook's files and port are checked before anything is written anywhere.
+    let webhook = match cc.webhook_enabled {
+        true => {
+            let files = server::TlsFiles {
+                cert: cc.webhook_cert_dir.join("tls.crt"),
+                key: cc.webhook_cert_dir.join("tls.key"),
+                ca: None,
+            };
+            server::load(&files)?;
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cc.webhook_port));
+            Some((server::bind(addr).await?, files, addr))
+        }
+        false => None,
+    };
 
     let le = &cc.leader_election;
     let election = match le.enabled {
@@ -98,17 +118,20 @@ pub async fn run(
             let _ = sync_stopped.await;
         }));
     }
-    let ctx = Arc::new(controller::Ctx::new(
-        client,
-        spire,
-        cfg.trust_domain.clone(),
-        leadership,
-        cc.resync_interval,
-    ));
+    let ctx = Arc::new(controller::Ctx::new(client, spire, policy.clone(), leadership, cc.resync_interval));
     let (stop_ctrl, ctrl_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut ctrl = tokio::spawn(controller::run(ctx, async {
         let _ = ctrl_stopped.await;
     }));
+
+    let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
+    let webhook_server = webhook.map(|(listener, files, addr)| {
+        tracing::info!(%addr, path = handler::SPIFFEID_PATH, "Serving the SpiffeID validating webhook.");
+        let router = handler::router_at(handler::SPIFFEID_PATH, admission::admit(policy));
+        tokio::spawn(server::serve(listener, files, router, async {
+            let _ = webhook_stopped.await;
+        }))
+    });
 
     let alive = Arc::new(AtomicBool::new(true));
     let ready = Arc::new(AtomicBool::new(true));
@@ -136,6 +159,10 @@ pub async fn run(
             Err(Error::ActorSystemStopped)
         }
     };
+    let _ = stop_webhook.send(());
+    if let Some(server) = webhook_server {
+        let _ = server.await;
+    }
     if let Some((actor, done)) = leader {
         let _ = actor.call(LeaderMsg::Release, Some(Duration::from_secs(10))).await;
         actor.stop(Some("shutdown".into()));

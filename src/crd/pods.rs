@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     id::{IdError, SpiffeId, TrustDomain, validate_dns_name},
-    identity::{FEDERATES_WITH_ANNOTATION, IdSource},
+    identity::{FEDERATES_WITH_ANNOTATION, IdSource, workload_id},
+    k8s::events::Reason,
 };
 
 /// First path segment of CRD-mode node IDs (fixed, as in the original).
@@ -74,6 +75,25 @@ pub enum PodError {
     Federation { piece: String, reason: String },
 }
 
+impl PodError {
+    /// A bounded label for metrics; the same set as `identity::IdentityError::metric_label`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PodError::InvalidId { reason: IdError::Reserved { .. }, .. } => "reserved_id",
+            PodError::InvalidId { .. } | PodError::Template(_) => "invalid_id",
+            PodError::Federation { .. } => "invalid_federation",
+        }
+    }
+
+    /// The Event reason; the same set in every mode.
+    pub fn event_reason(&self) -> Reason {
+        match self {
+            PodError::InvalidId { reason, .. } => Reason::of(reason),
+            _ => Reason::InvalidIdentity,
+        }
+    }
+}
+
 /// The desired spec plus the DNS names that were dropped as invalid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredPod {
@@ -112,8 +132,8 @@ impl PodRules {
                 ("identity template result".to_string(), render(t, f, &self.context)?)
             }
         };
-        let full = if path.starts_with('/') { path.clone() } else { format!("/{path}") };
-        let spiffe_id = SpiffeId::from_path(&self.trust_domain, &full)
+        // The same value and reserved-identity rules as every other mode.
+        let spiffe_id = workload_id(&self.trust_domain, &path, None)
             .map_err(|reason| PodError::InvalidId { what, value: path, reason })?;
         let parent_id = self.node_id(&f.node_name).map_err(|reason| PodError::InvalidId {
             what: "node name".into(),
@@ -247,6 +267,19 @@ mod tests {
         let mut bad = p.clone();
         bad.labels.insert("spiffe.io/id".into(), "a//b".into());
         assert!(matches!(r.pod(&bad, &[]), Err(PodError::InvalidId { .. })));
+        for hostile in
+            ["k8s-workload-registrar/c1/node/n2", "spire/server", "/k8s-workload-registrar/c1/node"]
+        {
+            bad.labels.insert("spiffe.io/id".into(), hostile.into());
+            let err = r.pod(&bad, &[]).unwrap_err();
+            assert_eq!(
+                (err.metric_label(), err.event_reason()),
+                ("reserved_id", Reason::ReservedIdentity),
+                "{err}"
+            );
+        }
+        let tmpl = rules(IdentityRule::Template("spire/{{.Pod.Name}}".into()));
+        assert_eq!(tmpl.pod(&pod(), &[]).unwrap_err().metric_label(), "reserved_id");
 
         let mut gated = rules(IdentityRule::Template("r/{{.Context.Region}}/{{.Pod.Name}}".into()));
         gated.identity_template_label = Some("spiffe.io/spiffe-id".into());

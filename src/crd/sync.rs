@@ -240,8 +240,9 @@ async fn sync_once(
                 let msg = e.to_string();
                 if reported.insert((f.uid.clone(), msg.clone())) {
                     tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
-                    metrics::counter!("registrar_invalid_identity_total", "reason" => "crd_pod").increment(1);
-                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, "InvalidIdentity", msg).await;
+                    metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label())
+                        .increment(1);
+                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, e.event_reason(), msg).await;
                 }
             }
         }

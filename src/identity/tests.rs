@@ -167,6 +167,34 @@ fn invalid_label_values_are_errors_naming_pod_field_and_value() {
 }
 
 #[test]
+fn reserved_identities_are_refused_in_reconcile_and_webhook_modes() {
+    // The node-alias hijack: a pod on n1 claiming n2's alias (or the webhook cluster ID, or any
+    // SPIRE ID) would hand n1's agent every SVID parented to it.
+    let hostile = [
+        "spire-k8s-registrar/demo/node/n2",
+        "/spire-k8s-registrar/demo/node",
+        "k8s-workload-registrar/demo/node",
+        "k8s-workload-registrar/other/node/n9",
+        "spire/server",
+        "spire/agent/k8s_psat/demo/uid",
+    ];
+    for value in hostile {
+        let pod = PodInfo::test("default", "web").on_node("n1").with_annotation("spiffe.io/id", value);
+        let err = entry(&annotation_mode(), &pod).unwrap_err();
+        assert_eq!(err.metric_label(), "reserved_id", "{value:?}");
+        assert!(err.to_string().starts_with("pod default/web: annotation \"spiffe.io/id\" value"), "{err}");
+        assert!(err.to_string().contains("is reserved"), "{err}");
+        let err = annotation_mode().webhook_pod_entry(&pod).unwrap_err();
+        assert_eq!(err.metric_label(), "reserved_id", "webhook {value:?}");
+    }
+    // A custom controller name is reserved as well.
+    let custom = Naming { controller_name: "my-reg".into(), ..annotation_mode() };
+    let pod =
+        PodInfo::test("default", "web").on_node("n1").with_annotation("spiffe.io/id", "my-reg/demo/node/n2");
+    assert_eq!(entry(&custom, &pod).unwrap_err().metric_label(), "reserved_id");
+}
+
+#[test]
 fn invalid_service_account_is_an_error() {
     let pod = PodInfo::test("default", "web").on_node("n1").with_sa("");
     let err = entry(&Naming::test(), &pod).unwrap_err();

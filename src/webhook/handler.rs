@@ -1,4 +1,5 @@
-//! The webhook's HTTP surface: exactly `POST /validate` with a JSON AdmissionReview body.
+//! The webhooks' HTTP surface: exactly `POST <path>` with a JSON AdmissionReview body, where the
+//! path is [`POD_PATH`] (webhook mode) or [`SPIFFEID_PATH`] (crd mode's SpiffeID webhook).
 //!
 //! Checks run in the original registrar's order — path (404 `Not found`), method (405
 //! `Expected POST`), `Content-Type` (400 `Expected JSON content`), then the body (413 above
@@ -27,17 +28,27 @@ use super::{Admit, Operation, Verdict, review};
 /// too; Kubernetes caps a stored object at about 1.5 MiB, so twice that plus the envelope fits.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-/// The webhook router: `/validate` answered by `admit`, everything else 404.
+/// The pod webhook's path (webhook mode).
+pub const POD_PATH: &str = "/validate";
+/// The SpiffeID validating webhook's path (crd mode), as the original served it.
+pub const SPIFFEID_PATH: &str = "/validate-spiffeid-spiffe-io-v1beta1-spiffeid";
+
+/// The pod webhook router: [`POD_PATH`] answered by `admit`, everything else 404.
+pub fn router(admit: Admit) -> Router {
+    router_at(POD_PATH, admit)
+}
+
+/// A webhook router answering `path` with `admit`, everything else 404.
 ///
 /// All paths go through one handler (rather than a `route` plus axum's own fallback and 405)
 /// so that the status texts are ours and every request is counted the same way.
-pub fn router(admit: Admit) -> Router {
-    Router::new().fallback(validate).with_state(admit)
+pub fn router_at(path: &'static str, admit: Admit) -> Router {
+    Router::new().fallback(validate).with_state((path, admit))
 }
 
-async fn validate(State(admit): State<Admit>, req: HttpRequest) -> Response {
+async fn validate(State((path, admit)): State<(&'static str, Admit)>, req: HttpRequest) -> Response {
     let start = Instant::now();
-    let (operation, outcome, response) = decide(&admit, req).await;
+    let (operation, outcome, response) = decide(path, &admit, req).await;
     metrics::counter!("webhook_requests_total", "operation" => operation, "outcome" => outcome).increment(1);
     metrics::histogram!("webhook_request_duration_seconds", "operation" => operation, "outcome" => outcome)
         .record(start.elapsed().as_secs_f64());
@@ -45,13 +56,13 @@ async fn validate(State(admit): State<Admit>, req: HttpRequest) -> Response {
 }
 
 /// Handles one request; returns the `operation` and `outcome` metric labels with the response.
-async fn decide(admit: &Admit, req: HttpRequest) -> (&'static str, &'static str, Response) {
+async fn decide(path: &str, admit: &Admit, req: HttpRequest) -> (&'static str, &'static str, Response) {
     let bad = |status: StatusCode, message: String| {
         tracing::debug!(%status, %message, "rejected webhook request");
         ("invalid", "bad_request", (status, message).into_response())
     };
     // `uri().path()` excludes the query: the API server calls `/validate?timeout=10s`.
-    if req.uri().path() != "/validate" {
+    if req.uri().path() != path {
         return bad(StatusCode::NOT_FOUND, "Not found".into());
     }
     if req.method() != Method::POST {

@@ -14,7 +14,7 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    registrar::Registrar,
+    registrar::{Registrar, metric_value},
     stack::{Stack, free_port, set_bundle},
     util::*,
 };
@@ -198,12 +198,14 @@ async fn spiffeids_map_to_entries() {
     .await;
     converge(&spire, vec![hand_made.clone(), other_entry]).await;
 
-    // An entry deleted behind the registrar's back is recreated (and status follows).
+    // An entry deleted behind the registrar's back is recreated, under the same ID: the ID derives
+    // from the SpiffeID's UID, which is what makes ownership unforgeable.
     let id = api.get("other").await.unwrap().status.unwrap().entry_id.unwrap();
+    assert_eq!(id, format!("spiffeid-{}", other.metadata.uid.clone().unwrap()));
     spire.delete_entries(std::slice::from_ref(&id)).await.unwrap();
+    assert!(spire.get_entry(&id).await.unwrap().is_none());
     eventually("entry recreated", Duration::from_secs(30), || async {
-        let s = api.get("other").await.ok()?.status?;
-        (s.entry_id.is_some() && s.entry_id != Some(id.clone())).then_some(())
+        spire.get_entry(&id).await.ok()?.map(|_| ())
     })
     .await;
     assert_eq!(all_entries(&spire).await.len(), 2);
@@ -362,4 +364,379 @@ async fn leader_election_gates_writes() {
         .unwrap();
     let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
     assert!(holder.starts_with("crd3_"), "{holder}");
+}
+
+/// Waits for a Warning Event on `name` in `ns` and returns it.
+async fn warning_on(k: &kube::Client, ns: &str, name: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(k.clone(), ns);
+    eventually(&format!("a Warning Event on {ns}/{name}"), Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some(name))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_take_identities_that_are_not_theirs() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
+        .get("n1")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    stack.spire.create_hand_made_entry("k8s:ns:shop");
+    let hand_made =
+        want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["k8s:ns:shop"]);
+    let hand_made_id = all_entries(&spire).await.pop().unwrap().id;
+
+    // A pod claiming another node's alias (the node-alias hijack) gets no SpiffeID; its
+    // neighbour does. The registrar's namespace is "default" (POD_NAMESPACE).
+    let web = pod("shop", "web").on("n1").annotation("spiffe.io/id", "web").create(&k).await;
+    pod("shop", "hijack")
+        .on("n1")
+        .annotation("spiffe.io/id", "k8s-workload-registrar/c1/node/n2")
+        .create(&k)
+        .await;
+    let reg = start_crd(&stack, "crd4", "pod_annotation = \"spiffe.io/id\"\nadd_svc_dns_name = false").await;
+    let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+
+    // Tenant SpiffeIDs asking for what only the registrar may write.
+    let agent = "spiffe://example.org/spire/agent/x";
+    let hostile = [
+        (
+            "alias",
+            json!({"parentId": "spiffe://example.org/spire/server",
+            "spiffeId": "spiffe://example.org/k8s-workload-registrar/c1/node/n2",
+            "selector": {"cluster": "c1", "agent_node_uid": "x"}}),
+            "spec.selector.cluster",
+        ),
+        (
+            "cluster-sel",
+            json!({"parentId": agent, "spiffeId": "spiffe://example.org/a",
+            "selector": {"namespace": "shop", "cluster": "c1"}}),
+            "spec.selector.cluster",
+        ),
+        (
+            "other-ns",
+            json!({"parentId": agent, "spiffeId": "spiffe://example.org/b",
+            "selector": {"namespace": "kube-system"}}),
+            "spec.selector.namespace",
+        ),
+        (
+            "arbitrary-ns",
+            json!({"parentId": agent, "spiffeId": "spiffe://example.org/c",
+            "selector": {"namespace": "shop", "arbitrary": ["ns:kube-system"]}}),
+            "spec.selector.arbitrary",
+        ),
+        (
+            "ca",
+            json!({"parentId": agent, "spiffeId": "spiffe://example.org/d", "downstream": true,
+            "selector": {"namespace": "shop"}}),
+            "spec.downstream",
+        ),
+        (
+            "under-alias",
+            json!({"parentId": "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+            "spiffeId": "spiffe://example.org/e", "selector": {"namespace": "shop"}}),
+            "spec.parentId",
+        ),
+    ];
+    for (name, spec, _) in &hostile {
+        shop.create(&PostParams::default(), &spiffe_id(name, spec.clone())).await.unwrap();
+    }
+    // A forger points status.entryId at the hand-made entry; the controller must never touch it.
+    let forger = shop
+        .create(
+            &PostParams::default(),
+            &spiffe_id(
+                "forger",
+                json!({"parentId": agent, "spiffeId": "spiffe://example.org/forger",
+                "selector": {"namespace": "shop", "podName": "forger"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let forger_entry_id = format!("spiffeid-{}", forger.metadata.uid.unwrap());
+    let forged = json!({"status": {"entryId": hand_made_id}});
+    shop.patch_status("forger", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
+
+    let node_entry = want(
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        "spiffe://example.org/spire/server",
+        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
+    );
+    let mut web_entry = want(
+        "spiffe://example.org/web",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{}", web.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
+    );
+    web_entry.dns_names = vec!["web".into()];
+    let forger_want = want("spiffe://example.org/forger", agent, &["k8s:ns:shop", "k8s:pod-name:forger"]);
+    let expected = vec![hand_made.clone(), node_entry.clone(), web_entry.clone(), forger_want.clone()];
+    converge(&spire, expected.clone()).await;
+    assert!(spire.get_entry(&forger_entry_id).await.unwrap().is_some(), "the forger's own entry");
+
+    let event = warning_on(&k, "shop", "hijack").await;
+    assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
+    assert!(event.message.unwrap_or_default().contains("is reserved"));
+    assert!(matches!(shop.get("hijack").await, Err(kube::Error::Api(e)) if e.code == 404));
+    for (name, _, field) in &hostile {
+        let event = warning_on(&k, "shop", name).await;
+        assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"), "{name}");
+        assert!(event.message.unwrap_or_default().starts_with(field), "{name}: {field}");
+        let status = shop.get(name).await.unwrap().status.unwrap_or_default();
+        assert!(status.entry_id.is_none() && status.error.unwrap_or_default().starts_with(field), "{name}");
+    }
+    let metrics = reg.metrics().await;
+    let reserved = metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "reserved_id")]);
+    assert_eq!(reserved, Some((hostile.len() + 1) as f64), "one count per object, not per pass");
+    // The status reports the entry the forger really owns.
+    eventually("forger status corrected", Duration::from_secs(30), || async {
+        let s = shop.get("forger").await.ok()?.status?;
+        (s.entry_id.as_deref() == Some(forger_entry_id.as_str())).then_some(())
+    })
+    .await;
+
+    // Forge again, then make the forger's spec invalid and finally delete it: the hand-made entry
+    // survives every step, and only the forger's own entry goes.
+    shop.patch_status("forger", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
+    shop.patch(
+        "forger",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"selector": {"namespace": "bank"}}})),
+    )
+    .await
+    .unwrap();
+    let without_forger = vec![hand_made.clone(), node_entry.clone(), web_entry.clone()];
+    converge(&spire, without_forger.clone()).await;
+    // With the registrar stopped nothing corrects the forged status before the finalizer runs.
+    drop(reg);
+    shop.patch_status("forger", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
+    shop.delete("forger", &DeleteParams::default()).await.unwrap();
+    let _reg =
+        start_crd(&stack, "crd4b", "pod_annotation = \"spiffe.io/id\"\nadd_svc_dns_name = false").await;
+    eventually("forger gone", Duration::from_secs(30), || async {
+        matches!(shop.get("forger").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
+    })
+    .await;
+    converge(&spire, without_forger).await;
+    assert!(spire.get_entry(&hand_made_id).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_rejections_are_reported_once_and_not_retried() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    let reg = start_crd(&stack, "crd5", "pod_controller = false").await;
+    let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+    let agent = "spiffe://example.org/spire/agent/x";
+    // No bundle for nobundle.org: SPIRE refuses the entry, and no retry can change that.
+    shop.create(
+        &PostParams::default(),
+        &spiffe_id(
+            "nobundle",
+            json!({"parentId": agent, "spiffeId": "spiffe://example.org/nb",
+            "selector": {"namespace": "shop"}, "federatesWith": ["nobundle.org"]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let event = warning_on(&k, "shop", "nobundle").await;
+    assert_eq!(event.reason.as_deref(), Some("SpireRejected"));
+    assert!(event.message.unwrap_or_default().contains("federated bundle"));
+
+    // Two further resync periods' worth of work for the controller: an entry deleted behind its
+    // back, recreated twice. Meanwhile the rejected SpiffeID must not be tried again.
+    let ok = shop
+        .create(
+            &PostParams::default(),
+            &spiffe_id(
+                "ok",
+                json!({"parentId": agent, "spiffeId": "spiffe://example.org/ok",
+                "selector": {"namespace": "shop"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let ok_id = format!("spiffeid-{}", ok.metadata.uid.unwrap());
+    for _ in 0..2 {
+        eventually("ok entry exists", Duration::from_secs(30), || async {
+            spire.get_entry(&ok_id).await.ok()?.map(|_| ())
+        })
+        .await;
+        spire.delete_entries(std::slice::from_ref(&ok_id)).await.unwrap();
+    }
+    eventually("ok entry recreated", Duration::from_secs(30), || async {
+        spire.get_entry(&ok_id).await.ok()?.map(|_| ())
+    })
+    .await;
+    let metrics = reg.metrics().await;
+    let creates =
+        metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "BatchCreateEntry")]);
+    assert_eq!(creates, Some(4.0), "1 refused create + 3 creates of the ok entry, no retries");
+    assert_eq!(
+        metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "spire_rejected")]),
+        Some(1.0)
+    );
+    let events: Api<Event> = Api::namespaced(k.clone(), "shop");
+    let on_nobundle: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("nobundle"))
+        .collect();
+    assert_eq!(on_nobundle.len(), 1);
+    assert!(on_nobundle[0].series.is_none() && on_nobundle[0].count.unwrap_or(1) == 1, "{on_nobundle:?}");
+    let status = shop.get("nobundle").await.unwrap().status.unwrap_or_default();
+    assert!(status.entry_id.is_none() && status.error.unwrap_or_default().contains("federated bundle"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spiffeid_webhook_denies_what_the_controller_refuses() {
+    use base64::Engine;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    // The serving certificate the API server must trust (the caBundle of the shipped manifest).
+    let ca = crate::stack::certs::TestCa::new("spiffeid webhook ca");
+    let (cert, key) = ca.leaf("registrar", &["127.0.0.1"], false);
+    let cert_dir = stack.dir.path().join("serving-certs");
+    std::fs::create_dir(&cert_dir).unwrap();
+    std::fs::write(cert_dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(cert_dir.join("tls.key"), key).unwrap();
+    let port = free_port();
+    let reg = start_crd(
+        &stack,
+        "crd6",
+        &format!(
+            "pod_controller = false\nwebhook_enabled = true\nwebhook_port = {port}\nwebhook_cert_dir = \"{}\"",
+            cert_dir.display()
+        ),
+    )
+    .await;
+    reg.proc.wait_for_port(port, Duration::from_secs(30)).await;
+
+    // The shipped ValidatingWebhookConfiguration, pointed at this registrar (no Services here).
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crd/webhook.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut vwc = docs.into_iter().find(|d| d["kind"] == "ValidatingWebhookConfiguration").unwrap();
+    let path = vwc["webhooks"][0]["clientConfig"]["service"]["path"].as_str().unwrap().to_string();
+    vwc["webhooks"][0]["clientConfig"] = json!({
+        "url": format!("https://127.0.0.1:{port}{path}"),
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem),
+    });
+    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(vwc).unwrap();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(k.clone());
+    configs.create(&PostParams::default(), &vwc).await.unwrap();
+
+    let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+    let agent = "spiffe://example.org/spire/agent/x";
+    let hostile = |name: &str| {
+        spiffe_id(
+            name,
+            json!({"parentId": "spiffe://example.org/spire/server",
+            "spiffeId": "spiffe://example.org/k8s-workload-registrar/c1/node/n2",
+            "selector": {"cluster": "c1", "agent_node_uid": "x"}}),
+        )
+    };
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    // The API server picks the configuration up asynchronously; a dry run tells when.
+    eventually("the webhook is consulted", Duration::from_secs(30), || async {
+        shop.create(&dry, &hostile("probe")).await.is_err().then_some(())
+    })
+    .await;
+
+    let denied = [
+        ("alias", hostile("alias"), "spec.selector.cluster"),
+        (
+            "bank",
+            spiffe_id(
+                "bank",
+                json!({"parentId": agent, "spiffeId": "spiffe://example.org/b",
+            "selector": {"namespace": "bank"}}),
+            ),
+            "spec.selector.namespace",
+        ),
+        (
+            "ca",
+            spiffe_id(
+                "ca",
+                json!({"parentId": agent, "spiffeId": "spiffe://example.org/c", "downstream": true,
+            "selector": {"namespace": "shop"}}),
+            ),
+            "spec.downstream",
+        ),
+        (
+            "spire",
+            spiffe_id(
+                "spire",
+                json!({"parentId": agent, "spiffeId": "spiffe://example.org/spire/x",
+            "selector": {"namespace": "shop"}}),
+            ),
+            "spec.spiffeId",
+        ),
+    ];
+    for (name, obj, field) in &denied {
+        let err = shop.create(&PostParams::default(), obj).await.unwrap_err().to_string();
+        assert!(err.contains("denied") && err.contains(field), "{name}: {err}");
+    }
+    let good = spiffe_id(
+        "good",
+        json!({"parentId": agent, "spiffeId": "spiffe://example.org/good",
+        "selector": {"namespace": "shop"}}),
+    );
+    shop.create(&PostParams::default(), &good).await.unwrap();
+    let good_entry = want("spiffe://example.org/good", agent, &["k8s:ns:shop"]);
+    converge(&spire, vec![good_entry.clone()]).await;
+    // A spec change into hostile territory is denied; a metadata-only update is not.
+    let err = shop
+        .patch("good", &PatchParams::default(), &Patch::Merge(json!({"spec": {"downstream": true}})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("denied") && err.contains("spec.downstream"), "{err}");
+    shop.patch(
+        "good",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+    )
+    .await
+    .unwrap();
+    let metrics = reg.metrics().await;
+    assert!(
+        metric_value(&metrics, "webhook_requests_total", &[("operation", "create"), ("outcome", "denied")])
+            .unwrap_or_default()
+            >= denied.len() as f64
+    );
+
+    // With the webhook unregistered the API server admits a hostile SpiffeID, and the controller
+    // refuses it all the same: no entry, status.error, an Event.
+    configs.delete("k8s-workload-registrar-spiffeid", &DeleteParams::default()).await.unwrap();
+    eventually("the webhook is no longer consulted", Duration::from_secs(30), || async {
+        shop.create(&dry, &hostile("probe")).await.is_ok().then_some(())
+    })
+    .await;
+    shop.create(&PostParams::default(), &hostile("late")).await.unwrap();
+    let event = warning_on(&k, "shop", "late").await;
+    assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
+    let status = shop.get("late").await.unwrap().status.unwrap_or_default();
+    assert!(status.error.unwrap_or_default().starts_with("spec.selector.cluster"));
+    converge(&spire, vec![good_entry]).await;
 }

@@ -142,6 +142,12 @@ async fn label_changes_replace_entries_and_bad_values_get_events() {
     let reg = Registrar::start(&stack, "reg2", "c3", "pod_annotation = \"spiffe.io/spiffe-id\"").await;
     pod("apps", "multi").on("n1").annotation("spiffe.io/spiffe-id", "services/payment/v1").create(&k).await;
     pod("apps", "broken").on("n1").annotation("spiffe.io/spiffe-id", "a//b").create(&k).await;
+    // The node-alias hijack: a pod on n1 claiming n2's alias would give n1's agent n2's SVIDs.
+    pod("apps", "hijack")
+        .on("n1")
+        .annotation("spiffe.io/spiffe-id", "spire-k8s-registrar/c3/node/n2")
+        .create(&k)
+        .await;
     reg.wait_ready().await;
     let mut expected = vec![node_entry("c2", "n1")];
     expected.push(node_entry("c3", "n1"));
@@ -155,8 +161,26 @@ async fn label_changes_replace_entries_and_bad_values_get_events() {
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let msg = event.message.unwrap_or_default();
     assert!(msg.contains("spiffe.io/spiffe-id") && msg.contains("a//b"), "event message: {msg}");
+    let event = eventually("an Event on the hijacking pod", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("hijack"))
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
+    let msg = event.message.unwrap_or_default();
+    assert!(
+        msg.contains("spire-k8s-registrar/c3/node/n2") && msg.contains("is reserved"),
+        "event message: {msg}"
+    );
     let metrics = reg.metrics().await;
-    assert!(metric_value(&metrics, "registrar_invalid_identity_total", &[]).unwrap() >= 1.0);
+    assert!(
+        metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "invalid_id")]).unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "reserved_id")]),
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,11 +205,27 @@ async fn admission_creates_and_deletes_entries() {
         .unwrap();
     let err = pods.create(&PostParams::default(), &bad).await.unwrap_err().to_string();
     assert!(err.contains("denied") && err.contains("spiffe.io/id"), "{err}");
+    // So is a reserved identity: `/k8s-workload-registrar` holds the cluster entry every agent
+    // matches, and `/spire` is SPIRE's own.
+    for (name, value) in [("alias", "k8s-workload-registrar"), ("server", "spire")] {
+        let hostile: Pod =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"spiffe.io/id": value}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+            .unwrap();
+        let err = pods.create(&PostParams::default(), &hostile).await.unwrap_err().to_string();
+        assert!(err.contains("denied") && err.contains("is reserved"), "{err}");
+    }
     assert_eq!(all_shown(&spire).await.len(), 2);
+    let metrics = reg.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "reserved_id")]),
+        Some(2.0)
+    );
 
-    // Deleting the pod removes its entry.
+    // Deleting the pod removes its entry. Admission is synchronous, so it is gone as soon as the
+    // delete returned (no backstop pass can have stood in for it).
     delete_pod(&k, "apps", "web").await;
-    converge(&spire, vec![cluster_entry()]).await;
+    assert_eq!(all_shown(&spire).await, vec![cluster_entry()]);
 
     // A client without a certificate is refused.
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
