@@ -46,11 +46,19 @@ pub enum EntryOp {
 
 impl EntryOp {
     /// A bounded label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
+    pub fn verb(&self) -> &'static str {
         match self {
             Self::Create(_) => "create",
             Self::Update { .. } => "update",
             Self::Delete { .. } => "delete",
+        }
+    }
+
+    /// The spec a create or update writes; `None` for deletes.
+    pub fn spec(&self) -> Option<&EntrySpec> {
+        match self {
+            Self::Create(spec) | Self::Update { spec, .. } => Some(spec),
+            Self::Delete { .. } => None,
         }
     }
 
@@ -272,7 +280,7 @@ mod tests {
             ]
         );
         let op = update("w", spec("a", "new"));
-        assert_eq!((op.kind(), op.entry_id()), ("update", Some("w")));
+        assert_eq!((op.verb(), op.entry_id()), ("update", Some("w")));
         assert_eq!(EntryOp::Create(spec("a", "x")).entry_id(), None);
     }
 

@@ -16,7 +16,10 @@
 //!   whatever state SPIRE is in.
 //! * A sync with nothing changed makes no write call (the diff is empty).
 //! * Followers compute nothing and write nothing; writes carry the leadership epoch.
-//! * A failed write or read forgets `actual` and retries with backoff, re-reading SPIRE first.
+//! * A failed write or read forgets `actual` and retries with backoff, re-reading SPIRE first —
+//!   except a write SPIRE refuses for good (`ItemError::is_permanent`: an invalid entry, a
+//!   federated trust domain without a bundle): that spec gets one Event on its pod and is not sent
+//!   again while it stays desired unchanged; the node's other entries are unaffected.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,7 +37,7 @@ use super::{
     spire_pool::{OpOutcome, PoolMsg},
 };
 use crate::{
-    diff::diff,
+    diff::{EntryOp, diff},
     identity::{EndpointSliceInfo, IdentityError, Naming},
     k8s::{
         cache::ClusterCache,
@@ -42,7 +45,7 @@ use crate::{
     },
     leadership::LeadershipRx,
     model::{Entry, EntrySpec},
-    spire::ListFilter,
+    spire::{ItemError, ListFilter},
 };
 
 /// Long enough for a batch against a slow server, short enough to notice a stuck worker.
@@ -126,6 +129,9 @@ pub struct ShardState {
     args: ShardArgs,
     actual: Option<Vec<Entry>>,
     reported: HashSet<String>,
+    /// Desired specs SPIRE refused for good (see `ItemError::is_permanent`): not sent again while
+    /// they stay desired unchanged. Pruned to the desired set on every sync, so it stays bounded.
+    rejected: HashSet<EntrySpec>,
     backoff: Duration,
     retry_scheduled: bool,
 }
@@ -146,6 +152,7 @@ impl Actor for NodeShard {
             actual: args.initial.take(),
             args,
             reported: HashSet::new(),
+            rejected: HashSet::new(),
             backoff: Duration::from_millis(500),
             retry_scheduled: false,
         })
@@ -222,6 +229,30 @@ async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, 
     }
 }
 
+/// One log line, metric increment and Event (on the pod the entry is for) for an entry SPIRE
+/// refused for good; the caller stops sending it.
+async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError) {
+    let Some(spec) = op.spec() else { return };
+    let msg = format!("SPIRE refused to {} the entry {}: {}", op.verb(), spec.spiffe_id, error.message);
+    tracing::warn!(node = %state.args.node, spiffe_id = %spec.spiffe_id, error = %error,
+        "SPIRE refused an entry for good; not retried until it changes.");
+    metrics::counter!("registrar_invalid_identity_total", "reason" => "spire_rejected").increment(1);
+    // Pod entries carry `k8s:ns:<ns>` and `k8s:pod-name:<name>`; a node-alias entry has neither.
+    let selector = |prefix: &str| {
+        spec.selectors.iter().filter(|s| s.kind == "k8s").find_map(|s| s.value.strip_prefix(prefix))
+    };
+    let (Some(namespace), Some(name)) = (selector("ns:"), selector("pod-name:")) else { return };
+    let uid = state
+        .args
+        .cache
+        .pods_on(&state.args.node)
+        .into_iter()
+        .find(|p| p.namespace == namespace && p.name == name)
+        .map(|p| p.uid)
+        .unwrap_or_default();
+    state.args.events.pod_warning(namespace, name, &uid, Reason::SpireRejected, msg).await;
+}
+
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
     let root = args.naming.root_id().map_err(|e| e.to_string())?;
     let alias = root.join(&[&args.node]).map_err(|e| e.to_string())?;
@@ -260,7 +291,10 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
         },
     };
     let want = desired(state).await;
-    let ops = diff(&want, &actual);
+    // A spec SPIRE refused for good is not sent again until the object (so the spec) changes.
+    state.rejected.retain(|spec| want.contains(spec));
+    let mut ops = diff(&want, &actual);
+    ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
     if ops.is_empty() {
         state.actual = Some(actual);
         finish(state, start);
@@ -279,6 +313,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     };
     let mut next = actual;
     let mut failed = false;
+    let mut refused = Vec::new();
     for o in outcomes {
         match o {
             // ALREADY_EXISTS hands back an entry we may already hold; keep IDs unique.
@@ -291,10 +326,19 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
                 next.push(e);
             }
             OpOutcome::Deleted(id) => next.retain(|x| x.id != id),
+            OpOutcome::Failed { op, error } if error.is_permanent() && op.spec().is_some() => {
+                refused.push((op, error));
+            }
             OpOutcome::Failed { op, error } => {
                 failed = true;
-                tracing::warn!(node = %state.args.node, op, error = %error, "SPIRE rejected an entry change.");
+                tracing::warn!(node = %state.args.node, op = op.verb(), error = %error, "SPIRE rejected an entry change.");
             }
+        }
+    }
+    for (op, error) in refused {
+        report_refusal(state, &op, &error).await;
+        if let Some(spec) = op.spec() {
+            state.rejected.insert(spec.clone());
         }
     }
     if failed {

@@ -39,7 +39,11 @@ pub enum OpOutcome {
     Created(Entry),
     Updated(Entry),
     Deleted(String),
-    Failed { op: &'static str, error: ItemError },
+    /// SPIRE refused this op (per item); the op is handed back so the caller can tell which.
+    Failed {
+        op: EntryOp,
+        error: ItemError,
+    },
 }
 
 pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
@@ -231,7 +235,7 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         for (id, r) in deletes.iter().zip(client.delete_entries(&deletes).await.map_err(spire_err)?) {
             out.push(match r {
                 Ok(()) => OpOutcome::Deleted(id.clone()),
-                Err(error) => OpOutcome::Failed { op: "delete", error },
+                Err(error) => OpOutcome::Failed { op: EntryOp::Delete { id: id.clone() }, error },
             });
         }
     }
@@ -239,10 +243,13 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         if fenced(leadership, epoch) {
             return Err(ApplyError::Fenced(epoch));
         }
-        for r in client.update_entries(&updates).await.map_err(spire_err)? {
+        for (entry, r) in updates.iter().zip(client.update_entries(&updates).await.map_err(spire_err)?) {
             out.push(match r {
                 Ok(e) => OpOutcome::Updated(e),
-                Err(error) => OpOutcome::Failed { op: "update", error },
+                Err(error) => {
+                    let op = EntryOp::Update { id: entry.id.clone(), spec: entry.spec.clone() };
+                    OpOutcome::Failed { op, error }
+                }
             });
         }
     }
@@ -250,10 +257,10 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         if fenced(leadership, epoch) {
             return Err(ApplyError::Fenced(epoch));
         }
-        for r in client.create_entries(&creates).await.map_err(spire_err)? {
+        for (spec, r) in creates.iter().zip(client.create_entries(&creates).await.map_err(spire_err)?) {
             out.push(match r {
                 Ok(e) => OpOutcome::Created(e),
-                Err(error) => OpOutcome::Failed { op: "create", error },
+                Err(error) => OpOutcome::Failed { op: EntryOp::Create(spec.clone()), error },
             });
         }
     }
@@ -262,7 +269,7 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
             OpOutcome::Created(_) => ("create", "ok"),
             OpOutcome::Updated(_) => ("update", "ok"),
             OpOutcome::Deleted(_) => ("delete", "ok"),
-            OpOutcome::Failed { op, .. } => (*op, "failed"),
+            OpOutcome::Failed { op, .. } => (op.verb(), "failed"),
         };
         metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome).increment(1);
     }

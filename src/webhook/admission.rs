@@ -9,6 +9,8 @@
 //!   reuse) that needs the entry, so a late DELETE of the old one must not remove it.
 //! * `dryRun` requests, other operations, other kinds and disabled namespaces: allowed, nothing
 //!   written.
+//! * An entry SPIRE refuses for good (`ItemError::is_permanent`, e.g. a federated trust domain
+//!   without a bundle): **denied with SPIRE's reason**.
 //! * SPIRE unavailable or slow: an error answer within `call_timeout`, so the API server applies
 //!   the webhook's `failurePolicy` well inside its own timeout; logged and counted.
 
@@ -104,6 +106,15 @@ impl Admission {
                 Some(Err(item)) => {
                     metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "failed")
                         .increment(1);
+                    if item.is_permanent() {
+                        // No retry can fix it: tell the user why, rather than HTTP 500.
+                        metrics::counter!("registrar_invalid_identity_total", "reason" => "spire_rejected")
+                            .increment(1);
+                        return Verdict::Deny(format!(
+                            "k8s-workload-registrar: SPIRE refused the entry {}: {}",
+                            spec.spiffe_id, item.message
+                        ));
+                    }
                     Verdict::Error(format!("SPIRE rejected the entry for {}: {item}", spec.spiffe_id))
                 }
                 None => Verdict::Error("SPIRE returned no result".into()),

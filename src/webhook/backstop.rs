@@ -24,8 +24,8 @@ use crate::{
     identity::Naming,
     k8s::convert,
     leadership::LeadershipRx,
-    model::Entry,
-    spire::{ListFilter, SpireClient},
+    model::{Entry, EntrySpec},
+    spire::{ItemError, ListFilter, SpireClient},
 };
 
 pub enum BackstopMsg {
@@ -48,6 +48,8 @@ pub struct Backstop;
 pub struct BackstopState {
     args: BackstopArgs,
     suspects: HashSet<String>,
+    /// Desired specs SPIRE refused for good; not sent again while they stay desired unchanged.
+    rejected: HashSet<EntrySpec>,
 }
 
 impl Actor for Backstop {
@@ -62,7 +64,7 @@ impl Actor for Backstop {
     ) -> Result<BackstopState, ActorProcessingErr> {
         myself.send_interval(args.interval, || BackstopMsg::Tick);
         myself.cast(BackstopMsg::Tick)?;
-        Ok(BackstopState { args, suspects: HashSet::new() })
+        Ok(BackstopState { args, suspects: HashSet::new(), rejected: HashSet::new() })
     }
 
     async fn handle(
@@ -123,7 +125,9 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
             Err(e) => tracing::debug!(error = %e, "Pod gets no entry."),
         }
     }
-    let ops = diff(&desired, &actual);
+    state.rejected.retain(|spec| desired.contains(spec));
+    let mut ops = diff(&desired, &actual);
+    ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
     let mut creates = Vec::new();
@@ -160,13 +164,24 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
             state.suspects.remove(id);
         }
     }
+    // A spec SPIRE refuses for good is logged once and not sent again until it changes.
+    let mut refused = |spec: &EntrySpec, r: &Result<Entry, ItemError>| {
+        if let Err(e) = r
+            && e.is_permanent()
+            && state.rejected.insert(spec.clone())
+        {
+            tracing::warn!(spiffe_id = %spec.spiffe_id, error = %e, "SPIRE refused an entry for good; not retried until it changes.");
+        }
+    };
     if !updates.is_empty() && !fenced() {
         let r = args.spire.update_entries(&updates).await.map_err(|e| e.to_string())?;
         count("update", &r.iter().map(Result::is_ok).collect::<Vec<_>>());
+        updates.iter().zip(&r).for_each(|(e, r)| refused(&e.spec, r));
     }
     if !creates.is_empty() && !fenced() {
         let r = args.spire.create_entries(&creates).await.map_err(|e| e.to_string())?;
         count("create", &r.iter().map(Result::is_ok).collect::<Vec<_>>());
+        creates.iter().zip(&r).for_each(|(spec, r)| refused(spec, r));
         tracing::info!(entries = creates.len(), "Backstop created missing entries.");
     }
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());

@@ -262,3 +262,77 @@ async fn disabling_a_namespace_removes_its_entries() {
     let _reg = Registrar::start(&stack, "reg2", "c", "disabled_namespaces = [\"team\"]").await;
     converge(&spire, vec![node_entry("c", "n1")]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_rejections_are_reported_once_and_not_retried() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "apps").await;
+    create_node(&k, "n1").await;
+    // A valid trust domain SPIRE has no bundle for: no retry can make this entry acceptable.
+    pod("apps", "fed")
+        .on("n1")
+        .sa("fed")
+        .annotation("spiffe.io/federatesWith", "nobundle.org")
+        .create(&k)
+        .await;
+    pod("apps", "web").on("n1").sa("web").create(&k).await;
+    let reg = Registrar::start(&stack, "reg", "c1", "").await;
+    reg.wait_ready().await;
+    let web = pod_entry("c1", "n1", "apps", "web", "/ns/apps/sa/web");
+    let entries = converge(&spire, vec![node_entry("c1", "n1"), web.clone()]).await;
+    let events: Api<Event> = Api::namespaced(k.clone(), "apps");
+    let event = eventually("an Event on the refused pod", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("fed"))
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("SpireRejected"));
+    assert!(event.message.unwrap_or_default().contains("federated bundle"));
+
+    // Two anti-entropy passes of the node's shard (each repairs an entry deleted behind its
+    // back); meanwhile the refused entry must not be sent again.
+    let web_id = entries.iter().find(|e| e.spec.spiffe_id.path() == "/ns/apps/sa/web").unwrap().id.clone();
+    let mut gone = web_id;
+    for _ in 0..2 {
+        spire.delete_entries(std::slice::from_ref(&gone)).await.unwrap();
+        let entries = converge(&spire, vec![node_entry("c1", "n1"), web.clone()]).await;
+        gone = entries.iter().find(|e| e.spec.spiffe_id.path() == "/ns/apps/sa/web").unwrap().id.clone();
+    }
+    let metrics = reg.metrics().await;
+    let failed =
+        metric_value(&metrics, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "failed")]);
+    assert_eq!(failed, Some(1.0), "the refused create was sent once");
+    assert_eq!(
+        metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "spire_rejected")]),
+        Some(1.0)
+    );
+    let on_fed: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("fed"))
+        .collect();
+    assert_eq!(on_fed.len(), 1);
+    assert!(on_fed[0].series.is_none() && on_fed[0].count.unwrap_or(1) == 1, "{on_fed:?}");
+
+    // Once the pod's spec changes (the annotation goes), it gets its entry.
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(k.clone(), "apps")
+        .patch(
+            "fed",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"spiffe.io/federatesWith": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    converge(
+        &spire,
+        vec![node_entry("c1", "n1"), web, pod_entry("c1", "n1", "apps", "fed", "/ns/apps/sa/fed")],
+    )
+    .await;
+}

@@ -215,6 +215,15 @@ async fn admission_creates_and_deletes_entries() {
         let err = pods.create(&PostParams::default(), &hostile).await.unwrap_err().to_string();
         assert!(err.contains("denied") && err.contains("is reserved"), "{err}");
     }
+    // An entry SPIRE refuses for good (no bundle for the federated trust domain) is denied with
+    // SPIRE's reason, not answered with HTTP 500.
+    let fed: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "fed", "labels": {"spiffe.io/id": "fed"},
+        "annotations": {"spiffe.io/federatesWith": "nobundle.org"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+    let err = pods.create(&PostParams::default(), &fed).await.unwrap_err().to_string();
+    assert!(err.contains("denied") && err.contains("federated bundle"), "{err}");
     assert_eq!(all_shown(&spire).await.len(), 2);
     let metrics = reg.metrics().await;
     assert_eq!(
