@@ -214,6 +214,10 @@ async fn sync_once(
         .collect();
     reported.retain(|(key, _)| live.contains(key));
     let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
+    // Node SpiffeIDs are named after their node in our namespace; a pod there with a node's name
+    // gets its SpiffeID under `pod-<uid>` instead, so both exist (the original let one replace
+    // the other). Node names win because every pod on the node depends on the node's alias.
+    let node_names: HashSet<String> = nodes.state().iter().filter_map(|n| n.metadata.name.clone()).collect();
     for pod in pods.state() {
         let Some(v) = view(&pod) else { continue };
         let f = &v.fields;
@@ -226,8 +230,13 @@ async fn sync_once(
                 if !d.dropped_dns_names.is_empty() {
                     tracing::debug!(namespace = %f.namespace, pod = %f.name, dropped = ?d.dropped_dns_names, "Invalid DNS names dropped.");
                 }
+                let name = if f.namespace == ctx.own_namespace && node_names.contains(&f.name) {
+                    format!("pod-{}", f.uid)
+                } else {
+                    f.name.clone()
+                };
                 want.insert(
-                    (f.namespace.clone(), f.name.clone()),
+                    (f.namespace.clone(), name),
                     Want {
                         spec: d.spec,
                         label: (POD_UID_LABEL, f.uid.clone()),

@@ -249,6 +249,9 @@ async fn pods_and_nodes_get_spiffeids() {
     let web_uid = web.metadata.uid.clone().unwrap();
     pod("shop", "pending").sa("x").create(&k).await; // unscheduled: no SpiffeID
     pod("kube-system", "dns").on("n1").create(&k).await; // disabled namespace
+    // A pod in the registrar's namespace named like a node: both get their SpiffeID.
+    let twin = pod("default", "n1").on("n1").sa("twin").create(&k).await;
+    let twin_uid = twin.metadata.uid.clone().unwrap();
 
     let _reg = start_crd(&stack, "crd2", "").await;
     let node_entry = want(
@@ -263,6 +266,17 @@ async fn pods_and_nodes_get_spiffeids() {
     );
     web_entry.dns_names = vec!["web".into()];
     web_entry.federates_with = vec!["other.org".into()];
+    let mut twin_entry = want(
+        "spiffe://example.org/ns/default/sa/twin",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{twin_uid}"), "k8s:ns:default", "k8s:node-name:n1"],
+    );
+    twin_entry.dns_names = vec!["n1".into()];
+    converge(&spire, vec![node_entry.clone(), web_entry.clone(), twin_entry]).await;
+    let twin_sid =
+        Api::<SpiffeID>::namespaced(k.clone(), "default").get(&format!("pod-{twin_uid}")).await.unwrap();
+    assert_eq!(twin_sid.metadata.labels.unwrap_or_default().get("podUid"), Some(&twin_uid));
+    delete_pod(&k, "default", "n1").await;
     converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
 
     let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
@@ -739,4 +753,48 @@ async fn the_spiffeid_webhook_denies_what_the_controller_refuses() {
     let status = shop.get("late").await.unwrap().status.unwrap_or_default();
     assert!(status.error.unwrap_or_default().starts_with("spec.selector.cluster"));
     converge(&spire, vec![good_entry]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_refuses_to_start_and_keeps_every_entry() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    let reg = start_crd(&stack, "crd7", "add_svc_dns_name = false").await;
+    let before = eventually("node and pod entries", Duration::from_secs(60), || async {
+        let entries = all_entries(&spire).await;
+        (entries.len() == 2).then_some(entries)
+    })
+    .await;
+    drop(reg);
+
+    // Restarted with a template that cannot yield a workload ID for any pod (a trailing '/'),
+    // the registrar refuses to start, naming the key, and touches nothing.
+    let config = stack.dir.path().join("bad.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"c1\"\nmode = \"crd\"\n\
+             add_svc_dns_name = false\nidentity_template = \"ns/{{{{.Pod.Namespace}}}}/\"\n",
+            stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_k8s-workload-registrar"))
+        .args(["-config"])
+        .arg(&config)
+        .env("KUBECONFIG", &stack.kube.kubeconfig)
+        .env("POD_NAMESPACE", "default")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity_template") && err.contains("must not end with '/'"), "{err}");
+    assert_eq!(all_entries(&spire).await, before, "every entry untouched, same IDs");
+    let sids = Api::<SpiffeID>::all(k.clone()).list(&ListParams::default()).await.unwrap();
+    assert_eq!(sids.items.len(), 2, "the pod's and the node's SpiffeIDs are still there");
 }
