@@ -94,6 +94,17 @@ pub struct PodInfo {
     pub pod_ip: Option<String>,
     /// Phase `Succeeded` or `Failed`: the pod will never run again, so it needs no entry.
     pub terminal: bool,
+    /// `spec.hostname` (usually empty); CRD-mode templates may use it.
+    pub hostname: String,
+}
+
+impl PodInfo {
+    /// The node of a pod that should hold an identity now: scheduled and not terminal (the
+    /// eligibility rule of every mode that parents entries to nodes). A draining pod is still
+    /// eligible: it can renew its SVID until it is gone.
+    pub fn running_on(&self) -> Option<&str> {
+        non_empty(self.node_name.as_deref()).filter(|_| !self.terminal)
+    }
 }
 
 /// What the registrar needs to know about a Node.
@@ -161,6 +172,8 @@ pub enum Field {
     ServiceAccount,
     Name,
     NodeName,
+    /// The result of `identity_template` (crd mode).
+    IdentityTemplate,
 }
 
 impl fmt::Display for Field {
@@ -172,6 +185,7 @@ impl fmt::Display for Field {
             Self::ServiceAccount => f.write_str("service account"),
             Self::Name => f.write_str("name"),
             Self::NodeName => f.write_str("node name"),
+            Self::IdentityTemplate => f.write_str("identity_template result"),
         }
     }
 }
@@ -196,6 +210,9 @@ pub enum IdentityErrorKind {
          (SPIRE rejects it)"
     )]
     FederatesWithOwnTrustDomain { object: ObjectRef, piece: String },
+    /// A template could not be rendered for this pod (crd mode; start-up checks make this rare).
+    #[error("{object}: {key}: {reason}")]
+    Template { object: ObjectRef, key: &'static str, reason: String },
     /// A setting (`cluster`, `controller_name`) that must be a SPIFFE ID path segment is not.
     #[error("setting {key} value {value:?}: {reason}")]
     InvalidSetting { key: &'static str, value: String, reason: IdError },
@@ -217,7 +234,8 @@ impl IdentityError {
         match self.kind() {
             IdentityErrorKind::InvalidId { object, .. }
             | IdentityErrorKind::InvalidFederation { object, .. }
-            | IdentityErrorKind::FederatesWithOwnTrustDomain { object, .. } => Some(object),
+            | IdentityErrorKind::FederatesWithOwnTrustDomain { object, .. }
+            | IdentityErrorKind::Template { object, .. } => Some(object),
             IdentityErrorKind::InvalidSetting { .. } => None,
         }
     }
@@ -226,7 +244,7 @@ impl IdentityError {
     pub fn metric_label(&self) -> &'static str {
         match self.kind() {
             IdentityErrorKind::InvalidId { reason: IdError::Reserved { .. }, .. } => "reserved_id",
-            IdentityErrorKind::InvalidId { .. } => "invalid_id",
+            IdentityErrorKind::InvalidId { .. } | IdentityErrorKind::Template { .. } => "invalid_id",
             IdentityErrorKind::InvalidFederation { .. } => "invalid_federation",
             IdentityErrorKind::FederatesWithOwnTrustDomain { .. } => "federates_with_self",
             IdentityErrorKind::InvalidSetting { .. } => "invalid_setting",
@@ -313,10 +331,10 @@ impl Naming {
         pod: &PodInfo,
         slices: &[EndpointSliceInfo],
     ) -> Result<Option<Desired>, IdentityError> {
-        if self.is_disabled(&pod.namespace) || pod.terminal {
+        if self.is_disabled(&pod.namespace) {
             return Ok(None);
         }
-        let Some(node) = non_empty(pod.node_name.as_deref()) else {
+        let Some(node) = pod.running_on() else {
             return Ok(None);
         };
         let Some(spiffe_id) = self.pod_spiffe_id(pod)? else {
@@ -461,26 +479,7 @@ impl Naming {
 
     /// The trust domains named by the pod's federation annotation (bare names, de-duplicated).
     fn federates_with(&self, pod: &PodInfo) -> Result<BTreeSet<String>, IdentityError> {
-        let Some(value) = pod.annotations.get(FEDERATES_WITH_ANNOTATION) else {
-            return Ok(BTreeSet::new());
-        };
-        let mut domains = BTreeSet::new();
-        for piece in value.split(',').map(str::trim).filter(|piece| !piece.is_empty()) {
-            let td = TrustDomain::parse(piece).map_err(|reason| IdentityErrorKind::InvalidFederation {
-                object: pod_ref(pod),
-                piece: piece.to_string(),
-                reason,
-            })?;
-            if td == self.trust_domain {
-                return Err(IdentityErrorKind::FederatesWithOwnTrustDomain {
-                    object: pod_ref(pod),
-                    piece: piece.to_string(),
-                }
-                .into());
-            }
-            domains.insert(td.as_str().to_string());
-        }
-        Ok(domains)
+        federates_with(pod, &self.trust_domain)
     }
 
     /// `spiffe://<td>/<segments>` from segments already checked by [`setting`] (or literals), so
@@ -491,6 +490,36 @@ impl Naming {
         })?;
         Ok(id)
     }
+}
+
+/// The trust domains named by a pod's `spiffe.io/federatesWith` annotation, for a workload in
+/// trust domain `own` (the federation rule of every mode; see the module header).
+pub fn federates_with(pod: &PodInfo, own: &TrustDomain) -> Result<BTreeSet<String>, IdentityError> {
+    let Some(value) = pod.annotations.get(FEDERATES_WITH_ANNOTATION) else {
+        return Ok(BTreeSet::new());
+    };
+    let mut domains = BTreeSet::new();
+    for piece in value.split(',').map(str::trim).filter(|piece| !piece.is_empty()) {
+        let td = TrustDomain::parse(piece).map_err(|reason| IdentityErrorKind::InvalidFederation {
+            object: pod_ref(pod),
+            piece: piece.to_string(),
+            reason,
+        })?;
+        if &td == own {
+            return Err(IdentityErrorKind::FederatesWithOwnTrustDomain {
+                object: pod_ref(pod),
+                piece: piece.to_string(),
+            }
+            .into());
+        }
+        domains.insert(td.as_str().to_string());
+    }
+    Ok(domains)
+}
+
+/// The object reference of a pod, for errors about it.
+pub fn pod_ref(pod: &PodInfo) -> ObjectRef {
+    ObjectRef::Pod { namespace: pod.namespace.clone(), name: pod.name.clone() }
 }
 
 /// Validates a setting that becomes one path segment.
@@ -510,10 +539,6 @@ fn first_segment_below<'a>(id: &'a SpiffeId, root: &SpiffeId) -> Option<&'a str>
     }
     // is_under guarantees `root.path()` is a prefix followed by '/'.
     id.path().get(root.path().len() + 1..)?.split('/').next()
-}
-
-fn pod_ref(pod: &PodInfo) -> ObjectRef {
-    ObjectRef::Pod { namespace: pod.namespace.clone(), name: pod.name.clone() }
 }
 
 /// Kubernetes leaves optional strings empty as often as it omits them; treat both as absent.

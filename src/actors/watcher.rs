@@ -50,7 +50,7 @@ impl WatchKind {
 
 /// A stripped object or a change, as produced by the stream task.
 pub enum Delta {
-    Pod(PodInfo),
+    Pod(Box<PodInfo>),
     PodGone { namespace: String, name: String },
     Pods(Vec<PodInfo>),
     Node(NodeInfo),
@@ -96,7 +96,7 @@ impl Actor for Watcher {
     ) -> Result<WatcherState, ActorProcessingErr> {
         let task = match args.kind {
             WatchKind::Pods => spawn_stream::<Pod>(&args.client, myself, |ev| match ev {
-                Ev::Apply(p) => convert::pod_info(&p).map(Delta::Pod),
+                Ev::Apply(p) => convert::pod_info(&p).map(|p| Delta::Pod(Box::new(p))),
                 Ev::Delete(p) => Some(Delta::PodGone {
                     namespace: p.metadata.namespace.clone()?,
                     name: p.metadata.name.clone()?,
@@ -162,7 +162,7 @@ impl Actor for Watcher {
 fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
     let cache = &args.cache;
     let touched: BTreeSet<String> = match delta {
-        Delta::Pod(p) => cache.upsert_pod(p),
+        Delta::Pod(p) => cache.upsert_pod(*p),
         Delta::PodGone { namespace, name } => cache.remove_pod(&namespace, &name),
         Delta::Pods(ps) => cache.replace_pods(ps),
         Delta::Node(n) => {

@@ -1,4 +1,6 @@
 //! Pod / Node → desired SpiffeID spec (the original's pod and node controllers, 3.3-3.5). Pure.
+//! The rules shared with the other modes (value → SPIFFE ID, reserved identities, eligibility,
+//! federation) are `identity`'s; errors are `identity::IdentityError`s like in every mode.
 //!
 //! Deliberate differences from the original: every field is kept up to date (not only
 //! `spiffeId`); a pod that loses its label/annotation, or whose identity becomes invalid, loses
@@ -9,12 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     resource::{Selector, SpiffeIdSpec},
-    template::{PodFields, TemplateError, render},
+    template::{PodFields, render},
 };
 use crate::{
     id::{IdError, SpiffeId, TrustDomain, validate_dns_name},
-    identity::{FEDERATES_WITH_ANNOTATION, IdSource, workload_id},
-    k8s::events::Reason,
+    identity::{
+        Field, IdSource, IdentityError, IdentityErrorKind, PodInfo, federates_with, pod_ref, workload_id,
+    },
 };
 
 /// First path segment of CRD-mode node IDs (fixed, as in the original).
@@ -55,50 +58,23 @@ pub struct PodRules {
     pub disabled_namespaces: BTreeSet<String>,
 }
 
-/// What the rules read from a Pod.
-#[derive(Debug, Clone, Default)]
-pub struct PodView {
-    pub fields: PodFields,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// Phase `Succeeded` or `Failed`.
-    pub terminal: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PodError {
-    #[error("identity template: {0}")]
-    Template(#[from] TemplateError),
-    #[error("{what} {value:?} does not form a valid SPIFFE ID: {reason}")]
-    InvalidId { what: String, value: String, reason: IdError },
-    #[error("annotation {FEDERATES_WITH_ANNOTATION}: {piece:?}: {reason}")]
-    Federation { piece: String, reason: String },
-}
-
-impl PodError {
-    /// A bounded label for metrics; the same set as `identity::IdentityError::metric_label`.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            PodError::InvalidId { reason: IdError::Reserved { .. }, .. } => "reserved_id",
-            PodError::InvalidId { .. } | PodError::Template(_) => "invalid_id",
-            PodError::Federation { .. } => "invalid_federation",
-        }
-    }
-
-    /// The Event reason; the same set in every mode.
-    pub fn event_reason(&self) -> Reason {
-        match self {
-            PodError::InvalidId { reason, .. } => Reason::of(reason),
-            _ => Reason::InvalidIdentity,
-        }
-    }
-}
-
 /// The desired spec plus the DNS names that were dropped as invalid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredPod {
     pub spec: SpiffeIdSpec,
     pub dropped_dns_names: Vec<String>,
+}
+
+/// The fields a template may reference.
+pub fn template_fields(pod: &PodInfo) -> PodFields {
+    PodFields {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        uid: pod.uid.clone(),
+        service_account: pod.service_account.clone(),
+        hostname: pod.hostname.clone(),
+        node_name: pod.node_name.clone().unwrap_or_default(),
+    }
 }
 
 impl PodRules {
@@ -107,20 +83,29 @@ impl PodRules {
     }
 
     /// The SpiffeID a pod should have, `None` when it should have none (disabled namespace,
-    /// unscheduled, terminal, no label/annotation, template label missing).
+    /// unscheduled, terminal, no label/annotation, template label missing). The value, reserved
+    /// identity, eligibility and federation rules are `identity`'s, shared with every mode.
     /// `service_names` are `<svc>.<ns>.svc` names appended to the DNS names.
-    pub fn pod(&self, pod: &PodView, service_names: &[String]) -> Result<Option<DesiredPod>, PodError> {
-        let f = &pod.fields;
-        if self.disabled_namespaces.contains(&f.namespace) || pod.terminal || f.node_name.is_empty() {
+    pub fn pod(&self, pod: &PodInfo, service_names: &[String]) -> Result<Option<DesiredPod>, IdentityError> {
+        if self.disabled_namespaces.contains(&pod.namespace) {
             return Ok(None);
         }
-        let (what, path) = match &self.identity {
+        let Some(node) = pod.running_on() else {
+            return Ok(None);
+        };
+        let fields = template_fields(pod);
+        let render = |key: &'static str, template: &str| {
+            render(template, &fields, &self.context).map_err(|e| -> IdentityError {
+                IdentityErrorKind::Template { object: pod_ref(pod), key, reason: e.to_string() }.into()
+            })
+        };
+        let (field, value) = match &self.identity {
             IdentityRule::Label(l) => match pod.labels.get(l) {
-                Some(v) => (format!("label {l}"), v.clone()),
+                Some(v) => (Field::Label(l.clone()), v.clone()),
                 None => return Ok(None),
             },
             IdentityRule::Annotation(a) => match pod.annotations.get(a) {
-                Some(v) => (format!("annotation {a}"), v.clone()),
+                Some(v) => (Field::Annotation(a.clone()), v.clone()),
                 None => return Ok(None),
             },
             IdentityRule::Template(t) => {
@@ -129,49 +114,35 @@ impl PodRules {
                 {
                     return Ok(None);
                 }
-                ("identity template result".to_string(), render(t, f, &self.context)?)
+                (Field::IdentityTemplate, render("identity_template", t)?)
             }
         };
-        // The same value and reserved-identity rules as every other mode.
-        let spiffe_id = workload_id(&self.trust_domain, &path, None)
-            .map_err(|reason| PodError::InvalidId { what, value: path, reason })?;
-        let parent_id = self.node_id(&f.node_name).map_err(|reason| PodError::InvalidId {
-            what: "node name".into(),
-            value: f.node_name.clone(),
-            reason,
-        })?;
+        let invalid = |field: Field, value: &str, reason: IdError| -> IdentityError {
+            IdentityErrorKind::InvalidId { object: pod_ref(pod), field, value: value.to_string(), reason }
+                .into()
+        };
+        let spiffe_id =
+            workload_id(&self.trust_domain, &value, None).map_err(|reason| invalid(field, &value, reason))?;
+        let parent_id = self.node_id(node).map_err(|reason| invalid(Field::NodeName, node, reason))?;
         let mut dns_names = Vec::new();
         let mut dropped_dns_names = Vec::new();
         for t in &self.dns_name_templates {
             // As the original: spaces are removed from DNS templates before rendering.
             let t: String = t.chars().filter(|c| *c != ' ').collect();
-            let rendered = render(&t, f, &self.context)?;
+            let rendered = render("dns_name_templates", &t)?;
             push_dns(&mut dns_names, &mut dropped_dns_names, &rendered);
         }
         for s in service_names {
             push_dns(&mut dns_names, &mut dropped_dns_names, s);
         }
-        let mut federates_with = BTreeSet::new();
-        if let Some(value) = pod.annotations.get(FEDERATES_WITH_ANNOTATION) {
-            for piece in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let td = TrustDomain::parse(piece)
-                    .map_err(|e| PodError::Federation { piece: piece.into(), reason: e.to_string() })?;
-                if td == self.trust_domain {
-                    return Err(PodError::Federation {
-                        piece: piece.into(),
-                        reason: "a workload cannot federate with its own trust domain".into(),
-                    });
-                }
-                federates_with.insert(td.to_string());
-            }
-        }
+        let federates_with = federates_with(pod, &self.trust_domain)?;
         let spec = SpiffeIdSpec {
             parent_id: parent_id.to_string(),
             spiffe_id: spiffe_id.to_string(),
             selector: Selector {
-                pod_uid: Some(f.uid.clone()),
-                namespace: Some(f.namespace.clone()),
-                node_name: Some(f.node_name.clone()),
+                pod_uid: Some(pod.uid.clone()),
+                namespace: Some(pod.namespace.clone()),
+                node_name: Some(node.to_string()),
                 ..Default::default()
             },
             dns_names,
@@ -208,6 +179,7 @@ fn push_dns(names: &mut Vec<String>, dropped: &mut Vec<String>, raw: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::FEDERATES_WITH_ANNOTATION;
 
     fn rules(identity: IdentityRule) -> PodRules {
         PodRules {
@@ -221,16 +193,13 @@ mod tests {
         }
     }
 
-    fn pod() -> PodView {
-        PodView {
-            fields: PodFields {
-                name: "web-1".into(),
-                namespace: "shop".into(),
-                uid: "u_1".into(),
-                service_account: "web-sa".into(),
-                hostname: String::new(),
-                node_name: "n1".into(),
-            },
+    fn pod() -> PodInfo {
+        PodInfo {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            uid: "u_1".into(),
+            service_account: "web-sa".into(),
+            node_name: Some("n1".into()),
             ..Default::default()
         }
     }
@@ -259,24 +228,21 @@ mod tests {
         t.terminal = true;
         assert_eq!(r.pod(&t, &[]), Ok(None), "terminal");
         let mut u = p.clone();
-        u.fields.node_name.clear();
+        u.node_name = None;
         assert_eq!(r.pod(&u, &[]), Ok(None), "unscheduled");
         let mut d = p.clone();
-        d.fields.namespace = "kube-system".into();
+        d.namespace = "kube-system".into();
         assert_eq!(r.pod(&d, &[]), Ok(None), "disabled namespace");
         let mut bad = p.clone();
         bad.labels.insert("spiffe.io/id".into(), "a//b".into());
-        assert!(matches!(r.pod(&bad, &[]), Err(PodError::InvalidId { .. })));
+        assert!(matches!(r.pod(&bad, &[]).unwrap_err().kind(), IdentityErrorKind::InvalidId { .. }));
         for hostile in
             ["k8s-workload-registrar/c1/node/n2", "spire/server", "/k8s-workload-registrar/c1/node"]
         {
             bad.labels.insert("spiffe.io/id".into(), hostile.into());
             let err = r.pod(&bad, &[]).unwrap_err();
-            assert_eq!(
-                (err.metric_label(), err.event_reason()),
-                ("reserved_id", Reason::ReservedIdentity),
-                "{err}"
-            );
+            assert_eq!(err.metric_label(), "reserved_id", "{err}");
+            assert!(err.to_string().starts_with("pod shop/web-1: label \"spiffe.io/id\" value"), "{err}");
         }
         let tmpl = rules(IdentityRule::Template("spire/{{.Pod.Name}}".into()));
         assert_eq!(tmpl.pod(&pod(), &[]).unwrap_err().metric_label(), "reserved_id");
@@ -296,9 +262,9 @@ mod tests {
         p.annotations.insert(FEDERATES_WITH_ANNOTATION.into(), " b.org ,a.org,b.org,".into());
         assert_eq!(r.pod(&p, &[]).unwrap().unwrap().spec.federates_with, ["a.org", "b.org"]);
         p.annotations.insert(FEDERATES_WITH_ANNOTATION.into(), "example.org".into());
-        assert!(matches!(r.pod(&p, &[]), Err(PodError::Federation { .. })));
+        assert_eq!(r.pod(&p, &[]).unwrap_err().metric_label(), "federates_with_self");
         p.annotations.insert(FEDERATES_WITH_ANNOTATION.into(), "Bad Domain".into());
-        assert!(matches!(r.pod(&p, &[]), Err(PodError::Federation { .. })));
+        assert_eq!(r.pod(&p, &[]).unwrap_err().metric_label(), "invalid_federation");
     }
 
     #[test]

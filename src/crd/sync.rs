@@ -42,11 +42,16 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    pods::{PodRules, PodView},
+    pods::PodRules,
     resource::{NODE_UID_LABEL, POD_UID_LABEL, SpiffeID, SpiffeIdSpec},
-    template::PodFields,
 };
-use crate::{k8s::events::EventSink, leadership::LeadershipRx};
+use crate::{
+    k8s::{
+        convert,
+        events::{EventSink, Reason},
+    },
+    leadership::LeadershipRx,
+};
 
 pub const FIELD_MANAGER: &str = "k8s-workload-registrar";
 
@@ -176,27 +181,6 @@ fn service_names(slices: &Store<EndpointSlice>, ns: &str, uid: &str) -> Vec<Stri
     out
 }
 
-fn view(pod: &Pod) -> Option<PodView> {
-    let spec = pod.spec.as_ref();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    Some(PodView {
-        fields: PodFields {
-            name: pod.metadata.name.clone()?,
-            namespace: pod.metadata.namespace.clone()?,
-            uid: pod.metadata.uid.clone()?,
-            service_account: spec
-                .and_then(|s| s.service_account_name.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "default".into()),
-            hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_default(),
-            node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        },
-        labels: pod.labels().clone(),
-        annotations: pod.annotations().clone(),
-        terminal: matches!(phase, Some("Succeeded" | "Failed")),
-    })
-}
-
 async fn sync_once(
     ctx: &SyncCtx,
     pods: &Store<Pod>,
@@ -219,13 +203,12 @@ async fn sync_once(
     // the other). Node names win because every pod on the node depends on the node's alias.
     let node_names: HashSet<String> = nodes.state().iter().filter_map(|n| n.metadata.name.clone()).collect();
     for pod in pods.state() {
-        let Some(v) = view(&pod) else { continue };
-        let f = &v.fields;
+        let Some(f) = convert::pod_info(&pod) else { continue };
         let svc = match slices {
-            Some(s) if !f.node_name.is_empty() => service_names(s, &f.namespace, &f.uid),
+            Some(s) if f.running_on().is_some() => service_names(s, &f.namespace, &f.uid),
             _ => Vec::new(),
         };
-        match ctx.rules.pod(&v, &svc) {
+        match ctx.rules.pod(&f, &svc) {
             Ok(Some(d)) => {
                 if !d.dropped_dns_names.is_empty() {
                     tracing::debug!(namespace = %f.namespace, pod = %f.name, dropped = ?d.dropped_dns_names, "Invalid DNS names dropped.");
@@ -251,7 +234,7 @@ async fn sync_once(
                     tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
                     metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label())
                         .increment(1);
-                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, e.event_reason(), msg).await;
+                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, Reason::of_identity(&e), msg).await;
                 }
             }
         }

@@ -26,6 +26,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         annotations: meta.annotations.clone().unwrap_or_default(),
         pod_ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
         terminal: matches!(phase, Some("Succeeded" | "Failed")),
+        hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_default(),
     })
 }
 
