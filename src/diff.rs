@@ -34,6 +34,12 @@ use crate::model::{Entry, EntrySpec, Selector};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOp {
     Create(EntrySpec),
+    /// Create under a client-chosen ID (SPIRE ≥ 1.8). Never produced by [`diff`]: CRD mode's
+    /// controller uses it for the entry a SpiffeID owns (see `crd::plan`).
+    CreateWithId {
+        id: String,
+        spec: EntrySpec,
+    },
     /// Full replacement of entry `id`'s fields with `spec`.
     Update {
         id: String,
@@ -48,7 +54,7 @@ impl EntryOp {
     /// A bounded label for metrics and logs.
     pub fn verb(&self) -> &'static str {
         match self {
-            Self::Create(_) => "create",
+            Self::Create(_) | Self::CreateWithId { .. } => "create",
             Self::Update { .. } => "update",
             Self::Delete { .. } => "delete",
         }
@@ -57,16 +63,16 @@ impl EntryOp {
     /// The spec a create or update writes; `None` for deletes.
     pub fn spec(&self) -> Option<&EntrySpec> {
         match self {
-            Self::Create(spec) | Self::Update { spec, .. } => Some(spec),
+            Self::Create(spec) | Self::CreateWithId { spec, .. } | Self::Update { spec, .. } => Some(spec),
             Self::Delete { .. } => None,
         }
     }
 
-    /// The SPIRE entry ID this op touches; `None` for creates.
+    /// The SPIRE entry ID this op touches; `None` for creates with a server-chosen ID.
     pub fn entry_id(&self) -> Option<&str> {
         match self {
             Self::Create(_) => None,
-            Self::Update { id, .. } | Self::Delete { id } => Some(id),
+            Self::CreateWithId { id, .. } | Self::Update { id, .. } | Self::Delete { id } => Some(id),
         }
     }
 }
@@ -336,6 +342,7 @@ mod tests {
                 EntryOp::Create(spec) => {
                     store.insert(format!("new{n:03}"), spec.clone());
                 }
+                EntryOp::CreateWithId { .. } => panic!("diff never creates with an ID"),
                 EntryOp::Update { id, spec } => {
                     assert!(store.insert(id.clone(), spec.clone()).is_some(), "update of unknown {id}");
                 }

@@ -4,12 +4,16 @@
 //! * [`watcher`]: one per watched kind, feeds the shared cluster cache;
 //! * [`shard`]: one per node, owns that node's entries;
 //! * [`spire_pool`]: SPIRE client workers, fenced by leadership;
-//! * [`leader`]: leader election.
+//! * [`leader`]: leader election;
+//! * [`root`]: the supervision-only root built from child specs (crd mode);
+//! * [`task`]: hosts a long-running future (server, controller) as a supervised child.
 
 pub mod leader;
 pub mod registrar;
+pub mod root;
 pub mod shard;
 pub mod spire_pool;
+pub mod task;
 pub mod watcher;
 pub mod webhook_root;
 
@@ -21,22 +25,47 @@ use std::{
 
 use ractor::ActorRef;
 
-/// A late-bound reference to the SPIRE pool: the registrar swaps in the new pool when it
-/// restarts a failed one, and every shard sees it on its next call.
-#[derive(Clone)]
-pub struct PoolHandle(Arc<RwLock<ActorRef<spire_pool::PoolMsg>>>);
+/// A late-bound reference to the SPIRE pool: the pool's supervisor swaps in the new pool when
+/// it restarts a failed one, and every caller sees it on its next call. Unset until the pool has
+/// started (callers then get "unavailable", like during a pool restart).
+#[derive(Clone, Default)]
+pub struct PoolHandle(Arc<RwLock<Option<ActorRef<spire_pool::PoolMsg>>>>);
+
+/// Why a call to the pool produced no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error("SPIRE pool unavailable: {0}")]
+    Unavailable(String),
+    #[error("SPIRE pool did not answer in time")]
+    Timeout,
+}
 
 impl PoolHandle {
     pub fn new(pool: ActorRef<spire_pool::PoolMsg>) -> Self {
-        Self(Arc::new(RwLock::new(pool)))
+        Self(Arc::new(RwLock::new(Some(pool))))
     }
 
-    pub fn get(&self) -> ActorRef<spire_pool::PoolMsg> {
+    pub fn get(&self) -> Option<ActorRef<spire_pool::PoolMsg>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set(&self, pool: ActorRef<spire_pool::PoolMsg>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = pool;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    }
+
+    /// Calls the current pool and waits up to `timeout` for its answer.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<T>) -> spire_pool::PoolMsg,
+        timeout: Duration,
+    ) -> Result<T, PoolError> {
+        let pool = self.get().ok_or_else(|| PoolError::Unavailable("not started".into()))?;
+        match pool.call(msg, Some(timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(PoolError::Timeout),
+            Ok(ractor::rpc::CallResult::SenderError) => Err(PoolError::Unavailable("request dropped".into())),
+            Err(e) => Err(PoolError::Unavailable(e.to_string())),
+        }
     }
 }
 

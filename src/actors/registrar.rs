@@ -349,8 +349,16 @@ impl Actor for Registrar {
                             s.cast(ShardMsg::Fail)?;
                         }
                     }
-                    FaultTarget::Pool => state.pool.get().cast(PoolMsg::Fail(None))?,
-                    FaultTarget::SpireWorker(i) => state.pool.get().cast(PoolMsg::Fail(Some(i)))?,
+                    FaultTarget::Pool => {
+                        if let Some(pool) = state.pool.get() {
+                            pool.cast(PoolMsg::Fail(None))?;
+                        }
+                    }
+                    FaultTarget::SpireWorker(i) => {
+                        if let Some(pool) = state.pool.get() {
+                            pool.cast(PoolMsg::Fail(Some(i)))?;
+                        }
+                    }
                     FaultTarget::Leader => {
                         if let Some(l) = &state.leader {
                             l.cast(LeaderMsg::Fail)?;
@@ -419,15 +427,10 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     if state.bootstrapped == Some(l.epoch) {
         return;
     }
-    let pool = state.pool.get();
-    let reply = pool.call(|r| PoolMsg::List(ListFilter::default(), r), Some(Duration::from_secs(120))).await;
-    let entries = match reply {
-        Ok(CallResult::Success(Ok(e))) => e,
-        other => {
-            let why = match other {
-                Ok(CallResult::Success(Err(e))) => e,
-                _ => "SPIRE pool did not answer".to_string(),
-            };
+    let reply = state.pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
+    let entries = match reply.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(e) => e,
+        Err(why) => {
             tracing::warn!(error = %why, "Initial read of SPIRE entries failed; retrying in 2s.");
             myself.send_after(Duration::from_secs(2), || RegistrarMsg::Bootstrap);
             return;

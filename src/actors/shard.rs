@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::{
     registrar::RegistrarMsg,
@@ -256,16 +256,8 @@ async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError)
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
     let root = args.naming.root_id().map_err(|e| e.to_string())?;
     let alias = root.join(&[&args.node]).map_err(|e| e.to_string())?;
-    let pool = args.pool.get();
-    let list = |filter: ListFilter| {
-        let pool = pool.clone();
-        async move {
-            match pool.call(|reply| PoolMsg::List(filter, reply), Some(POOL_TIMEOUT)).await {
-                Ok(CallResult::Success(r)) => r,
-                Ok(_) => Err("SPIRE pool did not answer".to_string()),
-                Err(e) => Err(format!("SPIRE pool unavailable: {e}")),
-            }
-        }
+    let list = |filter: ListFilter| async move {
+        args.pool.call(|reply| PoolMsg::List(filter, reply), POOL_TIMEOUT).await.map_err(|e| e.to_string())?
     };
     let mut entries = list(ListFilter { by_parent_id: Some(alias.clone()), ..Default::default() }).await?;
     let node_entries = list(ListFilter { by_spiffe_id: Some(alias), ..Default::default() }).await?;
@@ -302,14 +294,12 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
-    let pool = state.args.pool.get();
     let reply =
-        pool.call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, Some(POOL_TIMEOUT)).await;
+        state.args.pool.call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, POOL_TIMEOUT).await;
     let outcomes = match reply {
-        Ok(CallResult::Success(Ok(outcomes))) => outcomes,
-        Ok(CallResult::Success(Err(e))) => return retry_later(myself, state, &e.to_string()),
-        Ok(_) => return retry_later(myself, state, "SPIRE pool did not answer"),
-        Err(e) => return retry_later(myself, state, &format!("SPIRE pool unavailable: {e}")),
+        Ok(Ok(outcomes)) => outcomes,
+        Ok(Err(e)) => return retry_later(myself, state, &e.to_string()),
+        Err(e) => return retry_later(myself, state, &e.to_string()),
     };
     let mut next = actual;
     let mut failed = false;

@@ -4,7 +4,8 @@
 //! * Owns: the workers and the round-robin cursor. Supervises the workers: a worker that fails
 //!   is replaced on its own; requests it was handling fail back to their caller (the reply port
 //!   is dropped), which retries.
-//! * Receives: `List` and `Apply` from shards and from the registrar; `Fail` (fault injection).
+//! * Receives: `List`, `Get` and `Apply` from shards, the registrar and crd mode's SpiffeID
+//!   controller; `Fail` (fault injection).
 //! * Messages nobody: replies go straight from the worker to the caller's reply port.
 //!
 //! # Fencing
@@ -50,6 +51,8 @@ pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
 
 pub enum PoolMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    /// The entry with this ID, `None` when there is none.
+    Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
     Apply {
         ops: Vec<EntryOp>,
         epoch: u64,
@@ -121,6 +124,7 @@ impl Actor for SpirePool {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMsg::List(filter, reply) => state.pick().cast(WorkerMsg::List(filter, reply))?,
+            PoolMsg::Get(id, reply) => state.pick().cast(WorkerMsg::Get(id, reply))?,
             PoolMsg::Apply { ops, epoch, reply } => {
                 state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?
             }
@@ -162,6 +166,7 @@ impl Actor for SpirePool {
 
 pub enum WorkerMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
     Apply { ops: Vec<EntryOp>, epoch: u64, reply: RpcReplyPort<ApplyReply> },
     Fail,
 }
@@ -198,6 +203,9 @@ impl Actor for SpireWorker {
                 let result = state.client.list_entries(&filter).await.map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
+            WorkerMsg::Get(id, reply) => {
+                let _ = reply.send(state.client.get_entry(&id).await.map_err(|e| e.to_string()));
+            }
             WorkerMsg::Apply { ops, epoch, reply } => {
                 let _ = reply.send(apply(&state.client, &state.leadership, ops, epoch).await);
             }
@@ -219,11 +227,13 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
     let mut creates = Vec::new();
+    let mut creates_with_ids = Vec::new();
     for op in ops {
         match op {
             EntryOp::Delete { id } => deletes.push(id),
             EntryOp::Update { id, spec } => updates.push(Entry { id, spec }),
             EntryOp::Create(spec) => creates.push(spec),
+            EntryOp::CreateWithId { id, spec } => creates_with_ids.push(Entry { id, spec }),
         }
     }
     let mut out = Vec::new();
@@ -261,6 +271,21 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
             out.push(match r {
                 Ok(e) => OpOutcome::Created(e),
                 Err(error) => OpOutcome::Failed { op: EntryOp::Create(spec.clone()), error },
+            });
+        }
+    }
+    if !creates_with_ids.is_empty() {
+        if fenced(leadership, epoch) {
+            return Err(ApplyError::Fenced(epoch));
+        }
+        let results = client.create_entries_with_ids(&creates_with_ids).await.map_err(spire_err)?;
+        for (entry, r) in creates_with_ids.iter().zip(results) {
+            out.push(match r {
+                Ok(e) => OpOutcome::Created(e),
+                Err(error) => {
+                    let op = EntryOp::CreateWithId { id: entry.id.clone(), spec: entry.spec.clone() };
+                    OpOutcome::Failed { op, error }
+                }
             });
         }
     }

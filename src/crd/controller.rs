@@ -43,15 +43,25 @@ use super::{
     resource::{FINALIZER, SpiffeID},
 };
 use crate::{
+    actors::{
+        PoolHandle,
+        spire_pool::{ApplyError, OpOutcome, PoolMsg},
+    },
+    diff::EntryOp,
     k8s::events::{EventSink, Reason},
     leadership::LeadershipRx,
-    spire::{ListFilter, SpireClient},
+    model::Entry,
+    spire::{ItemError, ListFilter},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("SPIRE: {0}")]
-    Spire(#[from] crate::spire::Error),
+    Spire(String),
+    /// This replica stopped leading (or led again in a newer epoch) since the reconcile began:
+    /// its writes were refused by the pool. Not a failure; the new leader takes over.
+    #[error("not the leader in epoch {0}; write refused")]
+    Fenced(u64),
     #[error("SPIRE refused {op}: {reason}")]
     Item { op: &'static str, reason: String },
     #[error("Kubernetes: {0}")]
@@ -62,7 +72,8 @@ pub enum Error {
 
 pub struct Ctx {
     pub client: kube::Client,
-    pub spire: SpireClient,
+    /// The only way to SPIRE: reads, and writes fenced by the leadership epoch.
+    pub pool: PoolHandle,
     pub policy: Policy,
     pub leadership: LeadershipRx,
     pub events: EventSink,
@@ -74,15 +85,62 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         client: kube::Client,
-        spire: SpireClient,
+        pool: PoolHandle,
         policy: Policy,
         leadership: LeadershipRx,
         resync_interval: Duration,
     ) -> Self {
         let events = EventSink::new(client.clone(), "k8s-workload-registrar");
-        Self { client, spire, policy, leadership, events, resync_interval, rejected: Mutex::default() }
+        Self { client, pool, policy, leadership, events, resync_interval, rejected: Mutex::default() }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Entry>, Error> {
+        let id = id.to_string();
+        self.pool
+            .call(|r| PoolMsg::Get(id, r), POOL_TIMEOUT)
+            .await
+            .map_err(|e| Error::Spire(e.to_string()))?
+            .map_err(Error::Spire)
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Entry>, Error> {
+        self.pool
+            .call(|r| PoolMsg::List(filter, r), POOL_TIMEOUT)
+            .await
+            .map_err(|e| Error::Spire(e.to_string()))?
+            .map_err(Error::Spire)
+    }
+
+    /// One write, sent only while this replica still leads in `epoch` (the pool checks
+    /// immediately before the call). `Ok(Err(item))` is SPIRE's per-item refusal.
+    async fn write(&self, op: EntryOp, epoch: u64) -> Result<Result<Option<Entry>, ItemError>, Error> {
+        let reply = self
+            .pool
+            .call(|reply| PoolMsg::Apply { ops: vec![op], epoch, reply }, POOL_TIMEOUT)
+            .await
+            .map_err(|e| Error::Spire(e.to_string()))?;
+        match reply {
+            Err(ApplyError::Fenced(epoch)) => Err(Error::Fenced(epoch)),
+            Err(ApplyError::Spire(e)) => Err(Error::Spire(e)),
+            Ok(outcomes) => match outcomes.into_iter().next() {
+                Some(OpOutcome::Created(e) | OpOutcome::Updated(e)) => Ok(Ok(Some(e))),
+                Some(OpOutcome::Deleted(_)) => Ok(Ok(None)),
+                Some(OpOutcome::Failed { error, .. }) => Ok(Err(error)),
+                None => Err(Error::Spire("no result".into())),
+            },
+        }
+    }
+
+    async fn delete(&self, id: &str, epoch: u64) -> Result<(), Error> {
+        self.write(EntryOp::Delete { id: id.to_string() }, epoch)
+            .await?
+            .map(|_| ())
+            .map_err(|e| Error::Item { op: "delete", reason: e.to_string() })
     }
 }
+
+/// Long enough for a write against a slow server; the pool's workers bound each RPC themselves.
+const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const RETRY: Duration = Duration::from_secs(3);
 
@@ -94,7 +152,10 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: impl std::future::Future<Output = ()> 
         .run(
             reconcile,
             |_, err, _| {
-                tracing::warn!(error = %err, "SpiffeID reconcile failed; retrying.");
+                match err {
+                    Error::Fenced(epoch) => tracing::debug!(epoch, "Leadership changed mid-reconcile; writes refused."),
+                    err => tracing::warn!(error = %err, "SpiffeID reconcile failed; retrying."),
+                }
                 Action::requeue(RETRY)
             },
             ctx,
@@ -104,15 +165,19 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: impl std::future::Future<Output = ()> 
 }
 
 async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if !ctx.leadership.borrow().leading {
+    // Every SPIRE write below carries this epoch; the pool refuses it once we no longer lead in
+    // it, however long the reconcile takes (DESIGN invariant 3).
+    let leadership = *ctx.leadership.borrow();
+    if !leadership.leading {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
+    let epoch = leadership.epoch;
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            finalizer::Event::Apply(o) => apply(&api, o, &ctx).await,
-            finalizer::Event::Cleanup(o) => cleanup(o, &ctx).await,
+            finalizer::Event::Apply(o) => apply(&api, o, &ctx, epoch).await,
+            finalizer::Event::Cleanup(o) => cleanup(o, &ctx, epoch).await,
         }
     })
     .await
@@ -122,20 +187,13 @@ async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     })
 }
 
-async fn cleanup(obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Action, Error> {
+async fn cleanup(obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -> Result<Action, Error> {
     // Only the entry this object provably owns; `status.entryId` is never believed (see `plan`).
     if let Some(id) = entry_id(&obj.uid().unwrap_or_default()) {
-        delete_entry(ctx, &id).await?;
+        ctx.delete(&id, epoch).await?;
         tracing::info!(namespace = ?obj.namespace(), name = %obj.name_any(), entry_id = %id, "Finalized SpiffeID; entry deleted.");
     }
     Ok(Action::await_change())
-}
-
-async fn delete_entry(ctx: &Ctx, id: &str) -> Result<(), Error> {
-    for r in ctx.spire.delete_entries(&[id.to_string()]).await? {
-        r.map_err(|e| Error::Item { op: "delete", reason: e.to_string() })?;
-    }
-    Ok(())
 }
 
 /// Records why the SpiffeID has no entry: one log line, metric increment and Event per distinct
@@ -158,7 +216,7 @@ async fn refuse(
     set_status(api, &obj.name_any(), None, Some(&msg)).await
 }
 
-async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Action, Error> {
+async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -> Result<Action, Error> {
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
     let status = obj.status.clone().unwrap_or_default();
@@ -173,8 +231,8 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Act
         Ok(d) => d,
         Err(e) => {
             // Our own entry (if any) no longer stands for a valid spec.
-            if ctx.spire.get_entry(&own_id).await?.is_some() {
-                delete_entry(ctx, &own_id).await?;
+            if ctx.get(&own_id).await?.is_some() {
+                ctx.delete(&own_id, epoch).await?;
             }
             let reason = if e.is_reserved() { Reason::ReservedIdentity } else { Reason::InvalidIdentity };
             refuse(api, &obj, ctx, reason, e.metric_label(), e.to_string()).await?;
@@ -186,16 +244,13 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Act
     if ctx.rejected.lock().expect("not poisoned").get(&own_id) == Some(&generation) {
         return Ok(Action::await_change());
     }
-    let own = ctx.spire.get_entry(&own_id).await?;
-    let same_id = ctx
-        .spire
-        .list_entries(&ListFilter { by_spiffe_id: Some(desired.spiffe_id.clone()), ..Default::default() })
-        .await?;
+    let own = ctx.get(&own_id).await?;
+    let same_id = ctx.list(ListFilter { by_spiffe_id: Some(desired.spiffe_id.clone()), ..Default::default() }).await?;
     let written = match plan(&own_id, &desired, own.as_ref(), &same_id) {
         EntryPlan::Keep => None,
         EntryPlan::Conflict { other, delete_own } => {
             if delete_own {
-                delete_entry(ctx, &own_id).await?;
+                ctx.delete(&own_id, epoch).await?;
             }
             let msg = format!(
                 "an entry with the same spiffeId, parentId and selectors already exists (id {other}) and is not owned by this SpiffeID"
@@ -203,19 +258,19 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Act
             refuse(api, &obj, ctx, Reason::EntryConflict, "entry_conflict", msg).await?;
             return Ok(Action::requeue(ctx.resync_interval));
         }
-        EntryPlan::Update(entry) => {
-            Some(("update", ctx.spire.update_entries(std::slice::from_ref(&entry)).await?.pop()))
+        EntryPlan::Update(Entry { id, spec }) => {
+            Some(("update", ctx.write(EntryOp::Update { id, spec }, epoch).await?))
         }
-        EntryPlan::Create(entry) => {
-            Some(("create", ctx.spire.create_entries_with_ids(std::slice::from_ref(&entry)).await?.pop()))
+        EntryPlan::Create(Entry { id, spec }) => {
+            Some(("create", ctx.write(EntryOp::CreateWithId { id, spec }, epoch).await?))
         }
     };
     match written {
         None => {}
-        Some((op, Some(Ok(entry)))) if entry.id == own_id => {
+        Some((op, Ok(Some(entry)))) if entry.id == own_id => {
             tracing::info!(namespace = %ns, %name, entry_id = %own_id, spiffe_id = %desired.spiffe_id, op, "Entry written.");
         }
-        Some((_, Some(Ok(entry)))) => {
+        Some((_, Ok(Some(entry)))) => {
             // ALREADY_EXISTS with someone else's similar entry (created since our read).
             let msg = format!(
                 "an entry with the same spiffeId, parentId and selectors already exists (id {}) and is not owned by this SpiffeID",
@@ -224,14 +279,14 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx) -> Result<Act
             refuse(api, &obj, ctx, Reason::EntryConflict, "entry_conflict", msg).await?;
             return Ok(Action::requeue(ctx.resync_interval));
         }
-        Some((op, Some(Err(e)))) if e.is_permanent() => {
+        Some((op, Err(e))) if e.is_permanent() => {
             ctx.rejected.lock().expect("not poisoned").insert(own_id.clone(), generation);
             let msg = format!("SPIRE refused to {op} the entry: {}", e.message);
             refuse(api, &obj, ctx, Reason::SpireRejected, "spire_rejected", msg).await?;
             return Ok(Action::await_change());
         }
-        Some((op, Some(Err(e)))) => return Err(Error::Item { op, reason: e.to_string() }),
-        Some((op, None)) => return Err(Error::Item { op, reason: "no result".into() }),
+        Some((op, Err(e))) => return Err(Error::Item { op, reason: e.to_string() }),
+        Some((op, Ok(None))) => return Err(Error::Item { op, reason: "no entry in the answer".into() }),
     }
     ctx.rejected.lock().expect("not poisoned").remove(&own_id);
     if status.entry_id.as_deref() != Some(own_id.as_str()) || status.error.is_some() {

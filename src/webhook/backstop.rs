@@ -142,6 +142,7 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
             }
             EntryOp::Update { id, spec } => updates.push(Entry { id, spec }),
             EntryOp::Create(spec) => creates.push(spec),
+            EntryOp::CreateWithId { .. } => {} // never produced by diff
         }
     }
     state.suspects = suspects;
