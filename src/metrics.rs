@@ -20,6 +20,10 @@ pub fn describe() {
         "Objects whose identity could not be formed, by reason."
     );
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
+    describe_counter!(
+        "registrar_spiffeid_writes_total",
+        "SpiffeID writes (crd mode), by op: apply, delete, status."
+    );
     describe_counter!("registrar_watch_errors_total", "Kubernetes watch errors (retried with backoff).");
     describe_counter!("webhook_requests_total", "Admission requests, by operation and outcome.");
     describe_histogram!(

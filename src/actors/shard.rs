@@ -294,8 +294,11 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
-    let reply =
-        state.args.pool.call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, POOL_TIMEOUT).await;
+    let reply = state
+        .args
+        .pool
+        .call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, POOL_TIMEOUT)
+        .await;
     let outcomes = match reply {
         Ok(Ok(outcomes)) => outcomes,
         Ok(Err(e)) => return retry_later(myself, state, &e.to_string()),

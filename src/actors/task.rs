@@ -61,7 +61,11 @@ impl Actor for Task {
     type State = TaskState;
     type Arguments = TaskArgs;
 
-    async fn pre_start(&self, myself: ActorRef<TaskMsg>, args: TaskArgs) -> Result<TaskState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TaskMsg>,
+        args: TaskArgs,
+    ) -> Result<TaskState, ActorProcessingErr> {
         let (stop, stopped) = oneshot::channel::<()>();
         let future = (args.factory)(Box::pin(async {
             let _ = stopped.await;
@@ -101,8 +105,12 @@ impl Actor for Task {
                 // The future is done; nothing to signal or wait for.
                 state.stop = None;
                 state.handle = None;
-                Err(format!("{} ended unexpectedly: {}", state.name, result.err().unwrap_or_else(|| "returned".into()))
-                    .into())
+                Err(format!(
+                    "{} ended unexpectedly: {}",
+                    state.name,
+                    result.err().unwrap_or_else(|| "returned".into())
+                )
+                .into())
             }
             #[cfg(feature = "fault-injection")]
             TaskMsg::Fail => Err(format!("fault injected into {}", state.name).into()),

@@ -153,7 +153,9 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: impl std::future::Future<Output = ()> 
             reconcile,
             |_, err, _| {
                 match err {
-                    Error::Fenced(epoch) => tracing::debug!(epoch, "Leadership changed mid-reconcile; writes refused."),
+                    Error::Fenced(epoch) => {
+                        tracing::debug!(epoch, "Leadership changed mid-reconcile; writes refused.")
+                    }
                     err => tracing::warn!(error = %err, "SpiffeID reconcile failed; retrying."),
                 }
                 Action::requeue(RETRY)
@@ -245,7 +247,8 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
         return Ok(Action::await_change());
     }
     let own = ctx.get(&own_id).await?;
-    let same_id = ctx.list(ListFilter { by_spiffe_id: Some(desired.spiffe_id.clone()), ..Default::default() }).await?;
+    let same_id =
+        ctx.list(ListFilter { by_spiffe_id: Some(desired.spiffe_id.clone()), ..Default::default() }).await?;
     let written = match plan(&own_id, &desired, own.as_ref(), &same_id) {
         EntryPlan::Keep => None,
         EntryPlan::Conflict { other, delete_own } => {
@@ -302,6 +305,7 @@ async fn set_status(
     error: Option<&str>,
 ) -> Result<(), Error> {
     let patch = json!({ "status": { "entryId": entry_id, "error": error } });
+    metrics::counter!("registrar_spiffeid_writes_total", "op" => "status").increment(1);
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }

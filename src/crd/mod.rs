@@ -169,8 +169,10 @@ fn children(p: Parts<'_>) -> Vec<ChildSpec> {
         let (pool, spire, leadership) = (pool.clone(), p.spire.clone(), p.leadership.clone());
         specs.push(
             ChildSpec::new("spire_pool", move |sup| {
-                let (pool, args) =
-                    (pool.clone(), PoolArgs { client: spire.clone(), leadership: leadership.clone(), workers: 2 });
+                let (pool, args) = (
+                    pool.clone(),
+                    PoolArgs { client: spire.clone(), leadership: leadership.clone(), workers: 2 },
+                );
                 async move {
                     let (actor, _) = Actor::spawn_linked(None, SpirePool, args, sup).await?;
                     pool.set(actor.clone());
@@ -192,7 +194,9 @@ fn children(p: Parts<'_>) -> Vec<ChildSpec> {
             .before_stop(|cell| async move {
                 let leader = ActorRef::<LeaderMsg>::from(cell);
                 if leader.call(LeaderMsg::Release, Some(Duration::from_secs(10))).await.is_err() {
-                    tracing::warn!("Could not release the leader lock; followers take over after it expires.");
+                    tracing::warn!(
+                        "Could not release the leader lock; followers take over after it expires."
+                    );
                 }
             })
             .fail(|cell| async move {

@@ -266,6 +266,7 @@ async fn sync_once(
     for (key, s) in &existing {
         if our_owner(s).is_some() && !want.contains_key(key) && s.metadata.deletion_timestamp.is_none() {
             let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &key.0);
+            metrics::counter!("registrar_spiffeid_writes_total", "op" => "delete").increment(1);
             match api.delete(&key.1, &DeleteParams::default()).await {
                 Ok(_) => {
                     tracing::info!(namespace = %key.0, name = %key.1, "SpiffeID deleted (its pod or node is gone).")
@@ -304,6 +305,7 @@ async fn sync_once(
             "spec": w.spec,
         });
         let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &key.0);
+        metrics::counter!("registrar_spiffeid_writes_total", "op" => "apply").increment(1);
         match api.patch(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await {
             Ok(_) => {
                 tracing::info!(namespace = %key.0, name = %key.1, spiffe_id = %w.spec.spiffe_id, "SpiffeID applied.")

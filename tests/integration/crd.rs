@@ -342,42 +342,139 @@ async fn pods_and_nodes_get_spiffeids() {
     .await;
 }
 
+/// Every write a CRD-mode replica made: SPIRE entry ops and SpiffeID writes.
+async fn crd_writes(r: &Registrar) -> f64 {
+    let m = r.metrics().await;
+    let entry_ops = metric_value(&m, "registrar_entry_ops_total", &[]).unwrap_or(0.0);
+    let spire_writes: f64 = ["BatchCreateEntry", "BatchUpdateEntry", "BatchDeleteEntry"]
+        .iter()
+        .map(|method| {
+            metric_value(&m, "spire_call_duration_seconds_count", &[("method", method)]).unwrap_or(0.0)
+        })
+        .sum();
+    let sid_writes = metric_value(&m, "registrar_spiffeid_writes_total", &[]).unwrap_or(0.0);
+    entry_ops + spire_writes + sid_writes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_election_gates_writes() {
+async fn leader_election_gives_one_writer_and_failover() {
     use k8s_openapi::api::coordination::v1::Lease;
 
     let stack = Stack::start().await;
     let k = stack.kube.client().await;
     let spire = stack.spire.client();
     install_crd(&k).await;
-    let _reg = start_crd(
-        &stack,
-        "crd3",
-        "pod_controller = false\nleader_election = true\nleader_election_resource_lock = \"leases\"",
-    )
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
+        .get("n1")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let election =
+        "leader_election = true\nleader_election_resource_lock = \"leases\"\nadd_svc_dns_name = false";
+    let a = start_crd(&stack, "crd3a", election).await;
+    let leases: Api<Lease> = Api::namespaced(k.clone(), "default");
+    let lease_name = "k8s-workload-registrar-crd-leader-election";
+    eventually("crd3a leads", Duration::from_secs(30), || async {
+        let holder = leases.get_opt(lease_name).await.ok()??.spec?.holder_identity?;
+        holder.starts_with("crd3a_").then_some(())
+    })
     .await;
-    let api: Api<SpiffeID> = Api::namespaced(k.clone(), "default");
+    let b = start_crd(&stack, "crd3b", election).await;
+
+    // Work for both replicas: pods (projector) and a hand-written SpiffeID (controller).
+    let web = pod("shop", "web").on("n1").sa("web").create(&k).await;
+    let api: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+    let agent = "spiffe://example.org/spire/agent/x";
     api.create(
         &PostParams::default(),
-        &spiffe_id(
-            "a",
-            json!({"parentId": "spiffe://example.org/spire/agent/x", "spiffeId": "spiffe://example.org/a",
-                   "selector": {"podName": "a"}}),
-        ),
+        &spiffe_id("a", json!({"parentId": agent, "spiffeId": "spiffe://example.org/a", "selector": {"namespace": "shop"}})),
     )
     .await
     .unwrap();
-    converge(
-        &spire,
-        vec![want("spiffe://example.org/a", "spiffe://example.org/spire/agent/x", &["k8s:pod-name:a"])],
+    let node_entry = want(
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        "spiffe://example.org/spire/server",
+        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
+    );
+    let mut web_entry = want(
+        "spiffe://example.org/ns/shop/sa/web",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        &[&format!("k8s:pod-uid:{}", web.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
+    );
+    web_entry.dns_names = vec!["web".into()];
+    let a_entry = want("spiffe://example.org/a", agent, &["k8s:ns:shop"]);
+    converge(&spire, vec![node_entry.clone(), web_entry.clone(), a_entry.clone()]).await;
+    assert!(crd_writes(&a).await > 0.0, "the leader wrote");
+    assert_eq!(crd_writes(&b).await, 0.0, "the follower wrote to SPIRE or to SpiffeIDs");
+
+    // The leader dies without releasing: the follower takes over after the lease expires and
+    // handles what changed meanwhile.
+    a.proc.kill();
+    api.create(
+        &PostParams::default(),
+        &spiffe_id("b", json!({"parentId": agent, "spiffeId": "spiffe://example.org/b", "selector": {"namespace": "shop"}})),
+    )
+    .await
+    .unwrap();
+    let b_entry = want("spiffe://example.org/b", agent, &["k8s:ns:shop"]);
+    converge(&spire, vec![node_entry, web_entry, a_entry, b_entry]).await;
+    let holder = leases.get(lease_name).await.unwrap().spec.unwrap().holder_identity.unwrap_or_default();
+    assert!(holder.starts_with("crd3b_"), "{holder}");
+    assert!(crd_writes(&b).await > 0.0, "the new leader wrote");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_children_are_restarted_alone_and_work_continues() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    let reg = start_crd(
+        &stack,
+        "crd8",
+        "pod_controller = false\nleader_election = true\nleader_election_resource_lock = \"leases\"",
     )
     .await;
-    let lease = Api::<Lease>::namespaced(k.clone(), "default")
-        .get("k8s-workload-registrar-crd-leader-election")
+    let api: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
+    let agent = "spiffe://example.org/spire/agent/x";
+    let mut expected = Vec::new();
+    for (i, child) in ["spiffeid_controller", "spire_pool", "leader"].into_iter().enumerate() {
+        reg.inject(child).await;
+        eventually(&format!("{child} restarted"), Duration::from_secs(30), || async {
+            let m = reg.metrics().await;
+            (metric_value(&m, "registrar_actor_restarts_total", &[("actor", child)]) == Some(1.0))
+                .then_some(())
+        })
+        .await;
+        let name = format!("after-{i}");
+        api.create(
+            &PostParams::default(),
+            &spiffe_id(
+                &name,
+                json!({"parentId": agent, "spiffeId": format!("spiffe://example.org/{name}"),
+                "selector": {"namespace": "shop"}}),
+            ),
+        )
         .await
         .unwrap();
-    let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
-    assert!(holder.starts_with("crd3_"), "{holder}");
+        expected.push(want(&format!("spiffe://example.org/{name}"), agent, &["k8s:ns:shop"]));
+        converge(&spire, expected.clone()).await;
+        reg.proc.assert_running();
+    }
+    let m = reg.metrics().await;
+    assert_eq!(
+        metric_value(&m, "registrar_actor_restarts_total", &[]),
+        Some(3.0),
+        "each child restarted alone"
+    );
+    let (code, body) = crate::registrar::http_request(reg.metrics_port, "POST", "/debug/fail/nonsense").await;
+    assert!(code >= 400 && body.contains("unknown fault target"), "{code} {body}");
 }
 
 /// Waits for a Warning Event on `name` in `ns` and returns it.
