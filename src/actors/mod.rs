@@ -15,7 +15,6 @@ pub mod shard;
 pub mod spire_pool;
 pub mod task;
 pub mod watcher;
-pub mod webhook_root;
 
 use std::{
     collections::VecDeque,
@@ -84,19 +83,29 @@ impl RestartBudget {
         Self { max: 30, window: Duration::from_secs(60), recent: VecDeque::new() }
     }
 
-    /// Records one restart; `Err` with a message once the budget is exhausted.
-    pub fn spend(&mut self, why: &str) -> Result<(), String> {
+    /// Records one restart; `Err` once the budget is exhausted.
+    pub fn spend(&mut self, why: &str) -> Result<(), BudgetExhausted> {
         let now = Instant::now();
         self.recent.push_back(now);
         while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
             self.recent.pop_front();
         }
         if self.recent.len() > self.max {
-            Err(format!("restart budget exhausted ({} in {:?}); last: {why}", self.max, self.window))
+            Err(BudgetExhausted { max: self.max, window: self.window, last: why.to_string() })
         } else {
             Ok(())
         }
     }
+}
+
+/// A supervisor gave up. Its own supervisor escalates at once rather than restarting it (a
+/// crash loop below must end the process, not be multiplied by every level of the tree).
+#[derive(Debug, thiserror::Error)]
+#[error("restart budget exhausted ({max} in {window:?}); last: {last}")]
+pub struct BudgetExhausted {
+    pub max: usize,
+    pub window: Duration,
+    pub last: String,
 }
 
 #[cfg(test)]
@@ -109,7 +118,7 @@ mod tests {
         for _ in 0..30 {
             assert!(b.spend("boom").is_ok());
         }
-        let err = b.spend("boom").unwrap_err();
+        let err = b.spend("boom").unwrap_err().to_string();
         assert!(err.contains("restart budget exhausted") && err.contains("boom"), "{err}");
     }
 }

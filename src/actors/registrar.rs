@@ -1,17 +1,19 @@
-//! `Registrar`: the root supervisor and router of reconcile mode.
+//! `Registrar`: reconcile mode's shard supervisor and router, a child of the `Root` (which also
+//! holds the `SpirePool` and the `Leader`).
 //!
-//! * Owns: its children — one `Watcher` per kind, one `NodeShard` per node, the `SpirePool`, and
-//!   the `Leader` when leader election is on — and the restart budget.
+//! * Owns: its children — one `Watcher` per kind, one `NodeShard` per node — and their restart
+//!   budget.
 //! * Receives: change notices from watchers, `ShardSynced` from shards, leadership changes, the
 //!   resync timer, and fault-injection requests.
-//! * Messages: shards (`Sync`, `Resync`), the pool (`List` for the initial read).
+//! * Messages: shards (`Sync`, `Resync`), the pool (`List` for the initial read, through the
+//!   shared [`PoolHandle`]).
 //!
 //! # Supervision
 //! One-for-one: a child that fails (error or panic) is restarted alone, with the same arguments;
 //! the others keep running. A restarted watcher relists, a restarted shard re-reads its entries
-//! from SPIRE, a restarted pool is swapped into the shared [`PoolHandle`]. More than
-//! [`RestartBudget::standard`] restarts within its window escalate: the registrar fails, and `main`
-//! exits non-zero so Kubernetes restarts the pod (ractor's default would silently stop).
+//! from SPIRE. More than [`RestartBudget::standard`] restarts within its window escalate: the
+//! registrar fails, and its supervisor (the `Root`) restarts it with a fresh set of children, or
+//! itself gives up and the process exits non-zero.
 //!
 //! # Start and promotion
 //! Once every watcher has listed and this replica leads, the registrar reads all entries once
@@ -27,23 +29,21 @@ use std::{
     time::Duration,
 };
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, rpc::CallResult};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use super::{
     PoolHandle, RestartBudget,
-    leader::{Leader, LeaderArgs, LeaderMsg},
     shard::{NodeShard, Pending, ShardArgs, ShardMsg, enqueue},
-    spire_pool::{PoolArgs, PoolMsg, SpirePool},
+    spire_pool::PoolMsg,
     watcher::{WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
 use crate::{
-    election::ElectionConfig,
     identity::Naming,
     k8s::{cache::ClusterCache, events::EventSink},
-    leadership::{Leadership, LeadershipRx, LeadershipTx},
+    leadership::{Leadership, LeadershipRx},
     model::Entry,
-    spire::{ListFilter, SpireClient},
+    spire::ListFilter,
 };
 
 /// Which child a fault-injection request targets.
@@ -51,9 +51,18 @@ use crate::{
 pub enum FaultTarget {
     Watcher(WatchKind),
     Shard(String),
-    Pool,
-    SpireWorker(usize),
-    Leader,
+}
+
+impl FaultTarget {
+    /// `pods`, `nodes`, `endpointslices` or `shard:<node>`.
+    pub fn parse(target: &str) -> Option<Self> {
+        Some(match target {
+            "pods" => FaultTarget::Watcher(WatchKind::Pods),
+            "nodes" => FaultTarget::Watcher(WatchKind::Nodes),
+            "endpointslices" => FaultTarget::Watcher(WatchKind::EndpointSlices),
+            _ => FaultTarget::Shard(target.strip_prefix("shard:")?.to_string()),
+        })
+    }
 }
 
 pub enum RegistrarMsg {
@@ -68,21 +77,20 @@ pub enum RegistrarMsg {
     ResyncTick,
     Bootstrap,
     Inject(FaultTarget),
-    /// Graceful shutdown: release the leader lock, stop every child, then reply.
+    /// Graceful shutdown: stop every child, then reply.
     Shutdown(ractor::RpcReplyPort<()>),
 }
 
+#[derive(Clone)]
 pub struct RegistrarArgs {
     pub naming: Arc<Naming>,
     pub client: kube::Client,
-    pub spire: SpireClient,
+    /// The SPIRE pool, a sibling under the `Root`.
+    pub pool: PoolHandle,
     pub cache: ClusterCache,
     pub leadership: LeadershipRx,
-    /// Present when leader election is on: the Leader actor publishes on `LeadershipTx`.
-    pub election: Option<(ElectionConfig, LeadershipTx)>,
     pub watch_slices: bool,
     pub resync_interval: Duration,
-    pub pool_workers: usize,
     pub events: EventSink,
     /// Set once the first full convergence pass has been handed to the shards.
     pub ready: Arc<AtomicBool>,
@@ -94,8 +102,6 @@ pub struct Registrar;
 enum ChildKind {
     Watcher(WatchKind),
     Shard,
-    Pool,
-    Leader,
 }
 
 impl ChildKind {
@@ -103,8 +109,6 @@ impl ChildKind {
         match self {
             ChildKind::Watcher(k) => k.label(),
             ChildKind::Shard => "shard",
-            ChildKind::Pool => "spire_pool",
-            ChildKind::Leader => "leader",
         }
     }
 }
@@ -114,8 +118,6 @@ pub struct RegistrarState {
     watchers: BTreeMap<WatchKind, ActorRef<WatcherMsg>>,
     synced: BTreeSet<WatchKind>,
     shards: BTreeMap<String, (ActorRef<ShardMsg>, Pending)>,
-    pool: PoolHandle,
-    leader: Option<ActorRef<LeaderMsg>>,
     children: HashMap<ActorId, (ChildKind, Option<String>)>,
     restarts: RestartBudget,
     /// The epoch whose initial read has been done; shards only exist for work in that epoch.
@@ -143,7 +145,7 @@ impl RegistrarState {
             initial,
             naming: self.args.naming.clone(),
             cache: self.args.cache.clone(),
-            pool: self.pool.clone(),
+            pool: self.args.pool.clone(),
             leadership: self.args.leadership.clone(),
             events: self.args.events.clone(),
             registrar: myself.clone(),
@@ -193,32 +195,6 @@ async fn spawn_shard(
     Ok(s)
 }
 
-async fn spawn_pool(
-    myself: &ActorRef<RegistrarMsg>,
-    args: &RegistrarArgs,
-) -> Result<ActorRef<PoolMsg>, ActorProcessingErr> {
-    let pool_args = PoolArgs {
-        client: args.spire.clone(),
-        leadership: args.leadership.clone(),
-        workers: args.pool_workers,
-    };
-    let (p, _) = Actor::spawn_linked(None, SpirePool, pool_args, myself.get_cell()).await?;
-    Ok(p)
-}
-
-async fn spawn_leader(
-    myself: &ActorRef<RegistrarMsg>,
-    state: &mut RegistrarState,
-) -> Result<(), ActorProcessingErr> {
-    if let Some((config, tx)) = &state.args.election {
-        let args = LeaderArgs { client: state.args.client.clone(), config: config.clone(), tx: tx.clone() };
-        let (l, _) = Actor::spawn_linked(None, Leader, args, myself.get_cell()).await?;
-        state.children.insert(l.get_id(), (ChildKind::Leader, None));
-        state.leader = Some(l);
-    }
-    Ok(())
-}
-
 impl Actor for Registrar {
     type Msg = RegistrarMsg;
     type State = RegistrarState;
@@ -229,11 +205,6 @@ impl Actor for Registrar {
         myself: ActorRef<RegistrarMsg>,
         args: RegistrarArgs,
     ) -> Result<RegistrarState, ActorProcessingErr> {
-        if args.election.is_none() {
-            // Without election this replica is the only writer for its whole life.
-            metrics::gauge!("registrar_is_leader").set(1.0);
-        }
-        let pool = spawn_pool(&myself, &args).await?;
         let mut rx = args.leadership.clone();
         let me = myself.clone();
         let leadership_task = tokio::spawn(async move {
@@ -249,18 +220,14 @@ impl Actor for Registrar {
             watchers: BTreeMap::new(),
             synced: BTreeSet::new(),
             shards: BTreeMap::new(),
-            pool: PoolHandle::new(pool.clone()),
-            leader: None,
             children: HashMap::new(),
             restarts: RestartBudget::standard(),
             bootstrapped: None,
             leadership_task,
         };
-        state.children.insert(pool.get_id(), (ChildKind::Pool, None));
         for kind in state.kinds() {
             spawn_watcher(&myself, &mut state, kind).await?;
         }
-        spawn_leader(&myself, &mut state).await?;
         myself.send_interval(state.args.resync_interval, || RegistrarMsg::ResyncTick);
         Ok(state)
     }
@@ -325,14 +292,6 @@ impl Actor for Registrar {
             RegistrarMsg::Shutdown(reply) => {
                 // Forget the children first so their termination is not mistaken for a crash.
                 state.children.clear();
-                if let Some(leader) = state.leader.take() {
-                    let released = leader.call(LeaderMsg::Release, Some(Duration::from_secs(5))).await;
-                    if !matches!(released, Ok(CallResult::Success(()))) {
-                        tracing::warn!(
-                            "Could not release the leader lock; followers take over after it expires."
-                        );
-                    }
-                }
                 myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(20))).await;
                 let _ = reply.send(());
             }
@@ -347,21 +306,6 @@ impl Actor for Registrar {
                     FaultTarget::Shard(n) => {
                         if let Some((s, _)) = state.shards.get(&n) {
                             s.cast(ShardMsg::Fail)?;
-                        }
-                    }
-                    FaultTarget::Pool => {
-                        if let Some(pool) = state.pool.get() {
-                            pool.cast(PoolMsg::Fail(None))?;
-                        }
-                    }
-                    FaultTarget::SpireWorker(i) => {
-                        if let Some(pool) = state.pool.get() {
-                            pool.cast(PoolMsg::Fail(Some(i)))?;
-                        }
-                    }
-                    FaultTarget::Leader => {
-                        if let Some(l) = &state.leader {
-                            l.cast(LeaderMsg::Fail)?;
                         }
                     }
                 }
@@ -401,12 +345,6 @@ impl Actor for Registrar {
                     spawn_shard(&myself, state, &node, None).await?;
                 }
             }
-            ChildKind::Pool => {
-                let pool = spawn_pool(&myself, &state.args).await?;
-                state.children.insert(pool.get_id(), (ChildKind::Pool, None));
-                state.pool.set(pool);
-            }
-            ChildKind::Leader => spawn_leader(&myself, state).await?,
         }
         Ok(())
     }
@@ -427,7 +365,8 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     if state.bootstrapped == Some(l.epoch) {
         return;
     }
-    let reply = state.pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
+    let reply =
+        state.args.pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
     let entries = match reply.map_err(|e| e.to_string()).and_then(|r| r) {
         Ok(e) => e,
         Err(why) => {

@@ -9,7 +9,8 @@
 //! # Guarantees
 //! * One-for-one: a child that fails (error, panic, or an unplanned stop) is restarted alone
 //!   from its spec; the others keep running. More than [`RestartBudget::standard`] restarts
-//!   within its window make the root fail, and the process exits non-zero.
+//!   within its window make the root fail, and the process exits non-zero; so does a child
+//!   supervisor that exhausted its own budget ([`BudgetExhausted`] is escalated, not restarted).
 //! * Ordered shutdown: children stop in reverse start order, each after its `before_stop` hook
 //!   (the Leader's releases the lock), so sources and servers stop before the writers they feed,
 //!   and the SPIRE pool (started first) stops last.
@@ -20,7 +21,12 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 
-use super::RestartBudget;
+use super::{BudgetExhausted, RestartBudget};
+
+/// Names of the children a tree was built with that accept fault injection.
+pub fn fault_targets(specs: &[ChildSpec]) -> Vec<&'static str> {
+    specs.iter().filter(|s| s.fail.is_some()).map(|s| s.name).collect()
+}
 
 /// A boxed future, as the hooks return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -28,6 +34,8 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<Result<ActorCell, SpawnErr>> + Send + Sync>;
 /// Runs against the child's current cell.
 pub type HookFn = Arc<dyn Fn(ActorCell) -> BoxFuture<()> + Send + Sync>;
+/// Fault injection into the child's current cell, with the target's argument (`worker:1`, ...).
+pub type FailFn = Arc<dyn Fn(ActorCell, String) -> BoxFuture<()> + Send + Sync>;
 
 /// How the root starts, stops and (in tests) fails one child.
 #[derive(Clone)]
@@ -37,7 +45,7 @@ pub struct ChildSpec {
     pub name: &'static str,
     pub start: StartFn,
     pub before_stop: Option<HookFn>,
-    pub fail: Option<HookFn>,
+    pub fail: Option<FailFn>,
 }
 
 impl ChildSpec {
@@ -60,13 +68,13 @@ impl ChildSpec {
         self
     }
 
-    /// Adds the fault-injection hook (`POST /debug/fail/<name>`).
+    /// Adds the fault-injection hook (`POST /debug/fail/<target>`; see `app`).
     pub fn fail<F, Fut>(mut self, hook: F) -> Self
     where
-        F: Fn(ActorCell) -> Fut + Send + Sync + 'static,
+        F: Fn(ActorCell, String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.fail = Some(Arc::new(move |cell| Box::pin(hook(cell))));
+        self.fail = Some(Arc::new(move |cell, arg| Box::pin(hook(cell, arg))));
         self
     }
 }
@@ -74,9 +82,9 @@ impl ChildSpec {
 pub enum RootMsg {
     /// Stops every child in reverse start order (after its `before_stop` hook), then replies.
     Shutdown(RpcReplyPort<()>),
-    /// Fault injection into the child of this name (its `fail` hook).
+    /// Fault injection into the child named `child` (its `fail` hook, given `arg`).
     #[cfg(feature = "fault-injection")]
-    Inject(String),
+    Inject { child: String, arg: String },
 }
 
 pub struct Root;
@@ -126,13 +134,13 @@ impl Actor for Root {
                 let _ = reply.send(());
             }
             #[cfg(feature = "fault-injection")]
-            RootMsg::Inject(name) => {
-                let target = state.children.iter().find(|(spec, _)| spec.name == name);
+            RootMsg::Inject { child, arg } => {
+                let target = state.children.iter().find(|(spec, _)| spec.name == child);
                 if let Some((spec, Some(cell))) = target
                     && let Some(hook) = &spec.fail
                 {
-                    tracing::warn!(actor = name, "Injecting a fault (test hook).");
-                    hook(cell.clone()).await;
+                    tracing::warn!(actor = child, arg, "Injecting a fault (test hook).");
+                    hook(cell.clone(), arg).await;
                 }
             }
         }
@@ -146,6 +154,10 @@ impl Actor for Root {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let (dead, why) = match evt {
+            // A child supervisor that gave up: escalate (see `BudgetExhausted`).
+            SupervisionEvent::ActorFailed(_, err) if err.downcast_ref::<BudgetExhausted>().is_some() => {
+                return Err(err);
+            }
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, reason.unwrap_or_else(|| "stopped".to_string()))
@@ -214,7 +226,7 @@ mod tests {
             let args = ProbeArgs { starts: starts.clone(), stops: stops.clone(), name };
             async move { Ok(Actor::spawn_linked(None, Probe, args, sup).await?.0.get_cell()) }
         })
-        .fail(|cell| async move {
+        .fail(|cell, _| async move {
             let _ = cell.send_message::<()>(());
         })
     }
@@ -238,7 +250,7 @@ mod tests {
         let (root, done) = Actor::spawn(None, Root, specs).await.unwrap();
         assert_eq!((a.load(Ordering::SeqCst), b.load(Ordering::SeqCst)), (1, 1));
 
-        root.cast(RootMsg::Inject("second".into())).unwrap();
+        root.cast(RootMsg::Inject { child: "second".into(), arg: String::new() }).unwrap();
         until("second restarted", || b.load(Ordering::SeqCst) == 2).await;
         assert_eq!(a.load(Ordering::SeqCst), 1, "the other child is untouched");
 

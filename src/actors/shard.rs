@@ -225,7 +225,7 @@ async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, 
     // One log line and one Event per distinct problem, not one per sync.
     if state.reported.insert(format!("{uid}|{msg}")) {
         tracing::warn!(namespace, pod = name, error = %msg, "Pod gets no SPIFFE identity.");
-        state.args.events.pod_warning(namespace, name, uid, Reason::of_identity(&e), msg).await;
+        state.args.events.pod_warning(namespace, name, uid, Reason::of_identity(&e), msg);
     }
 }
 
@@ -250,7 +250,7 @@ async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError)
         .find(|p| p.namespace == namespace && p.name == name)
         .map(|p| p.uid)
         .unwrap_or_default();
-    state.args.events.pod_warning(namespace, name, &uid, Reason::SpireRejected, msg).await;
+    state.args.events.pod_warning(namespace, name, &uid, Reason::SpireRejected, msg);
 }
 
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {

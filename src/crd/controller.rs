@@ -214,7 +214,7 @@ async fn refuse(
     }
     tracing::warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %msg, "SpiffeID gets no entry.");
     metrics::counter!("registrar_invalid_identity_total", "reason" => metric).increment(1);
-    warn(ctx, obj, reason, msg.clone()).await;
+    warn(ctx, obj, reason, msg.clone());
     set_status(api, &obj.name_any(), None, Some(&msg)).await
 }
 
@@ -310,6 +310,6 @@ async fn set_status(
     Ok(())
 }
 
-async fn warn(ctx: &Ctx, obj: &SpiffeID, reason: Reason, note: String) {
-    ctx.events.warning(&obj.object_ref(&()), reason, note).await;
+fn warn(ctx: &Ctx, obj: &SpiffeID, reason: Reason, note: String) {
+    ctx.events.warning(&obj.object_ref(&()), reason, note);
 }

@@ -234,7 +234,7 @@ async fn sync_once(
                     tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
                     metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label())
                         .increment(1);
-                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, Reason::of_identity(&e), msg).await;
+                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, Reason::of_identity(&e), msg);
                 }
             }
         }

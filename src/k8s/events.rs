@@ -66,6 +66,9 @@ pub fn shorten_note(note: String) -> String {
     format!("{}{marker}", &note[..end])
 }
 
+/// How long publishing one Event may take before it is given up (and logged).
+pub const PUBLISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Publishes `Warning` events on behalf of the registrar.
 #[derive(Clone)]
 pub struct EventSink {
@@ -84,7 +87,7 @@ impl EventSink {
         Self { recorder: None }
     }
 
-    pub async fn pod_warning(&self, namespace: &str, name: &str, uid: &str, reason: Reason, note: String) {
+    pub fn pod_warning(&self, namespace: &str, name: &str, uid: &str, reason: Reason, note: String) {
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -93,17 +96,20 @@ impl EventSink {
             uid: Some(uid.into()).filter(|u: &String| !u.is_empty()),
             ..Default::default()
         };
-        self.warning(&reference, reason, note).await;
+        self.warning(&reference, reason, note);
     }
 
-    /// A `Warning` event with `reason` and `note` on the object `reference` points at.
-    pub async fn warning(
+    /// A `Warning` event with `reason` and `note` on the object `reference` points at. Published
+    /// off the caller's path, within [`PUBLISH_DEADLINE`]: a slow or unreachable API server never
+    /// holds up a sync (the kube client's own timeout is minutes).
+    pub fn warning(
         &self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         reason: Reason,
         note: String,
     ) {
-        let Some(recorder) = &self.recorder else { return };
+        let Some(recorder) = self.recorder.clone() else { return };
+        let reference = reference.clone();
         let event = Event {
             type_: EventType::Warning,
             reason: reason.as_str().into(),
@@ -111,10 +117,15 @@ impl EventSink {
             action: "Register".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, reference).await {
-            tracing::warn!(kind = ?reference.kind, name = ?reference.name, error = %e,
-                "Could not publish Kubernetes event.");
-        }
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(PUBLISH_DEADLINE, recorder.publish(&event, &reference)).await;
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {PUBLISH_DEADLINE:?}"),
+            };
+            tracing::warn!(kind = ?reference.kind, name = ?reference.name, error, "Could not publish Kubernetes event.");
+        });
     }
 }
 

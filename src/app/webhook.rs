@@ -1,0 +1,109 @@
+//! Webhook mode's children: the reconcile `Backstop` and the admission server (a `Task`). The
+//! cluster entry is ensured before anything starts. The pool, the Leader (whenever the
+//! registrar's namespace is known) and the HTTP endpoint are added by `app::run`.
+//!
+//! Admissions are the one unfenced writer: every replica answers them (see `webhook::admission`).
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use ractor::{Actor, ActorRef};
+
+use super::{Error, ModeTree, Shared, clone_listener, task_child};
+use crate::{
+    actors::root::ChildSpec,
+    config::{Config, WebhookConfig},
+    identity::Naming,
+    spire::SpireClient,
+    webhook::{
+        admission,
+        backstop::{Backstop, BackstopArgs, BackstopMsg},
+        handler, server,
+    },
+};
+
+fn tls_files(wc: &WebhookConfig) -> server::TlsFiles {
+    server::TlsFiles {
+        cert: wc.cert_path.clone(),
+        key: wc.key_path.clone(),
+        ca: (!wc.insecure_skip_client_verification).then(|| wc.cacert_path.clone()),
+    }
+}
+
+/// The serving certificate, key and client CA load (errors name the file).
+pub(super) fn preflight(wc: &WebhookConfig) -> Result<(), Error> {
+    server::load(&tls_files(wc))?;
+    Ok(())
+}
+
+pub(super) async fn tree(
+    cfg: &Config,
+    wc: &WebhookConfig,
+    shared: &Shared,
+    spire: &SpireClient,
+) -> Result<ModeTree, Error> {
+    // Short per-call deadline: admissions must answer inside the API server's timeout.
+    let spire = spire.clone().with_timeout(admission::CALL_TIMEOUT);
+    let naming = Arc::new(Naming {
+        trust_domain: cfg.trust_domain.clone(),
+        cluster: cfg.cluster.clone(),
+        controller_name: "spire-k8s-registrar".into(),
+        id_source: cfg.id_source.clone(),
+        disabled_namespaces: cfg.disabled_namespaces.clone(),
+        pod_dns_zone: None,
+    });
+    naming.validate()?;
+    let files = tls_files(wc);
+    // Fail fast on a taken port, before anything is written anywhere (the files were checked).
+    if wc.insecure_skip_client_verification {
+        tracing::warn!(
+            "insecure_skip_client_verification = true: ANY client that reaches {} can create and delete SPIRE \
+             entries through this webhook. Use it only for testing.",
+            wc.addr
+        );
+    }
+    let listener = Arc::new(server::bind(wc.addr).await?.into_std().map_err(Error::Listen)?);
+
+    // The one cluster-wide node entry every agent of the cluster matches.
+    let cluster_entry = naming.webhook_cluster_entry()?;
+    let failed = |reason: String| Error::ClusterEntry { id: cluster_entry.spiffe_id.to_string(), reason };
+    match spire.create_entries(std::slice::from_ref(&cluster_entry)).await?.pop() {
+        Some(Ok(e)) => {
+            tracing::info!(spiffe_id = %e.spec.spiffe_id, entry_id = %e.id, "Cluster entry in place.")
+        }
+        Some(Err(item)) => return Err(failed(item.to_string())),
+        None => return Err(failed("no result".into())),
+    }
+
+    let backstop = BackstopArgs {
+        naming: naming.clone(),
+        spire: spire.clone(),
+        client: shared.client.clone(),
+        leadership: shared.leadership.clone(),
+        interval: wc.resync_interval,
+    };
+    let backstop = ChildSpec::new("backstop", move |sup| {
+        let args = backstop.clone();
+        async move { Ok(Actor::spawn_linked(None, Backstop, args, sup).await?.0.get_cell()) }
+    })
+    .fail(|cell, _| async move {
+        let _ = ActorRef::<BackstopMsg>::from(cell).cast(BackstopMsg::Fail);
+    });
+    let admit = admission::Admission { naming, spire, pods: Some(shared.client.clone()) }.into_admit();
+    let router = handler::router(admit);
+    tracing::info!(addr = %wc.addr, cluster = %cfg.cluster, "Serving /validate.");
+    let server = task_child("admission_server", server::DRAIN_TIMEOUT, move |shutdown| {
+        let (listener, files, router) = (listener.clone(), files.clone(), router.clone());
+        async move {
+            let listener = clone_listener(&listener)?;
+            server::serve(listener, files, router, shutdown).await.map_err(|e| e.to_string())
+        }
+    });
+    // The webhook serves as soon as it listens; readiness needs nothing more.
+    let ready = Arc::new(AtomicBool::new(true));
+    Ok(ModeTree {
+        children: vec![backstop, server],
+        ready,
+        metrics_addr: wc.metrics_addr,
+        fault_route: |_| None,
+    })
+}
