@@ -58,6 +58,7 @@ pub enum LeaderMsg {
     /// run no further rounds.
     Release(RpcReplyPort<()>),
     /// Test-only fault injection: the handler returns `Err`, so the actor fails (and steps down).
+    #[cfg(feature = "fault-injection")]
     Fail,
 }
 
@@ -413,6 +414,7 @@ impl Actor for Leader {
                 state.release().await;
                 let _ = reply.send(());
             }
+            #[cfg(feature = "fault-injection")]
             LeaderMsg::Fail => return Err("fault injected into the leader".into()),
         }
         Ok(())
@@ -430,7 +432,7 @@ impl Actor for Leader {
 
 #[cfg(test)]
 mod tests {
-    use ractor::{ActorStatus, rpc::CallResult};
+    use ractor::rpc::CallResult;
     use tokio::{sync::watch, task::JoinHandle, time::sleep};
 
     use super::*;
@@ -652,6 +654,7 @@ mod tests {
         b.stop().await;
     }
 
+    #[cfg(feature = "fault-injection")]
     #[tokio::test(start_paused = true)]
     async fn a_failed_leader_steps_down_and_its_restart_continues_the_epochs() {
         let api = FakeApi::new();
@@ -661,7 +664,7 @@ mod tests {
         // ractor skips post_stop on failure; the state's Drop still steps down.
         let Candidate { actor, done, tx, rx, .. } = a;
         done.await.unwrap();
-        assert_eq!(actor.get_status(), ActorStatus::Stopped);
+        assert_eq!(actor.get_status(), ractor::ActorStatus::Stopped);
         assert_eq!(*rx.borrow(), Leadership { leading: false, epoch: 1 });
 
         let mut again = spawn(&api, LockKind::Leases, "a", tx).await;

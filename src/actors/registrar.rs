@@ -17,8 +17,10 @@
 //!
 //! # Start and promotion
 //! Once every watcher has listed and this replica leads, the registrar reads all entries once
-//! (paged), hands each node's owned entries to its new shard, and from then on work is
-//! incremental. Nodes that have entries but no Node object get a shard too; it deletes them.
+//! (paged, in a task: the registrar keeps handling its children meanwhile), hands each node's
+//! owned entries to its new shard, and from then on work is incremental. Nodes that have entries
+//! but no Node object get a shard too; it deletes them. A read that returns after leadership
+//! moved on is dropped.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -76,6 +78,13 @@ pub enum RegistrarMsg {
     Leadership(Leadership),
     ResyncTick,
     Bootstrap,
+    /// The initial full read for `epoch`, done by a task so the registrar keeps handling its
+    /// children (and their failures) meanwhile.
+    BootstrapRead {
+        epoch: u64,
+        entries: Result<Vec<Entry>, String>,
+    },
+    #[cfg(feature = "fault-injection")]
     Inject(FaultTarget),
     /// Graceful shutdown: stop every child, then reply.
     Shutdown(ractor::RpcReplyPort<()>),
@@ -122,6 +131,8 @@ pub struct RegistrarState {
     restarts: RestartBudget,
     /// The epoch whose initial read has been done; shards only exist for work in that epoch.
     bootstrapped: Option<u64>,
+    /// The epoch whose initial read is in flight (at most one at a time).
+    reading: Option<u64>,
     leadership_task: JoinHandle<()>,
 }
 
@@ -223,6 +234,7 @@ impl Actor for Registrar {
             children: HashMap::new(),
             restarts: RestartBudget::standard(),
             bootstrapped: None,
+            reading: None,
             leadership_task,
         };
         for kind in state.kinds() {
@@ -277,6 +289,12 @@ impl Actor for Registrar {
                 }
             }
             RegistrarMsg::Bootstrap => maybe_bootstrap(&myself, state).await,
+            RegistrarMsg::BootstrapRead { epoch, entries } => {
+                if state.reading == Some(epoch) {
+                    state.reading = None;
+                }
+                bootstrap_read(&myself, state, epoch, entries).await;
+            }
             RegistrarMsg::ShardSynced { node, empty } => {
                 if empty && state.args.cache.node(&node).is_none() {
                     // The node is gone and so are its entries: the shard has nothing left to own.
@@ -295,6 +313,7 @@ impl Actor for Registrar {
                 myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(20))).await;
                 let _ = reply.send(());
             }
+            #[cfg(feature = "fault-injection")]
             RegistrarMsg::Inject(target) => {
                 tracing::warn!(?target, "Injecting a fault (test hook).");
                 match target {
@@ -350,7 +369,8 @@ impl Actor for Registrar {
     }
 }
 
-/// The one full read at start and on promotion; see the module docs.
+/// The one full read at start and on promotion; see the module docs. The read runs in a task
+/// and comes back as `BootstrapRead`.
 async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarState) {
     let l = *state.args.leadership.borrow();
     let all_synced = state.kinds().iter().all(|k| state.synced.contains(k));
@@ -362,12 +382,30 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
         state.args.ready.store(true, Ordering::SeqCst);
         return;
     }
-    if state.bootstrapped == Some(l.epoch) {
+    if state.bootstrapped == Some(l.epoch) || state.reading == Some(l.epoch) {
         return;
     }
-    let reply =
-        state.args.pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
-    let entries = match reply.map_err(|e| e.to_string()).and_then(|r| r) {
+    state.reading = Some(l.epoch);
+    let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
+    tokio::spawn(async move {
+        let reply = pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
+        let entries = reply.map_err(|e| e.to_string()).and_then(|r| r);
+        let _ = me.cast(RegistrarMsg::BootstrapRead { epoch, entries });
+    });
+}
+
+/// Hands the initial read's entries to new shards (or makes running ones re-read).
+async fn bootstrap_read(
+    myself: &ActorRef<RegistrarMsg>,
+    state: &mut RegistrarState,
+    epoch: u64,
+    entries: Result<Vec<Entry>, String>,
+) {
+    let l = *state.args.leadership.borrow();
+    if !(l.leading && l.epoch == epoch) || state.bootstrapped == Some(epoch) {
+        return; // leadership moved on while we read (a promotion starts a new read), or done
+    }
+    let entries = match entries {
         Ok(e) => e,
         Err(why) => {
             tracing::warn!(error = %why, "Initial read of SPIRE entries failed; retrying in 2s.");
@@ -402,6 +440,6 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
             }
         }
     }
-    state.bootstrapped = Some(l.epoch);
+    state.bootstrapped = Some(epoch);
     state.args.ready.store(true, Ordering::SeqCst);
 }

@@ -179,7 +179,7 @@ impl Actor for Root {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fault-injection"))]
 mod tests {
     use std::{
         sync::atomic::{AtomicUsize, Ordering},
@@ -241,7 +241,6 @@ mod tests {
         panic!("{what}");
     }
 
-    #[cfg(feature = "fault-injection")]
     #[tokio::test]
     async fn a_failed_child_is_restarted_alone_and_shutdown_runs_in_reverse_order() {
         let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

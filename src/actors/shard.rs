@@ -58,6 +58,7 @@ pub enum ShardMsg {
     /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
     Resync,
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
+    #[cfg(feature = "fault-injection")]
     Fail,
 }
 
@@ -177,6 +178,7 @@ impl Actor for NodeShard {
                 state.actual = None;
                 sync(&myself, state).await;
             }
+            #[cfg(feature = "fault-injection")]
             ShardMsg::Fail => return Err(format!("fault injected into shard {}", state.args.node).into()),
         }
         Ok(())

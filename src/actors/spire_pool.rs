@@ -59,6 +59,7 @@ pub enum PoolMsg {
         reply: RpcReplyPort<ApplyReply>,
     },
     /// Test-only fault injection: `None` fails the pool itself, `Some(i)` worker `i`.
+    #[cfg(feature = "fault-injection")]
     Fail(Option<usize>),
 }
 
@@ -128,7 +129,9 @@ impl Actor for SpirePool {
             PoolMsg::Apply { ops, epoch, reply } => {
                 state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?
             }
+            #[cfg(feature = "fault-injection")]
             PoolMsg::Fail(None) => return Err("fault injected into the SPIRE pool".into()),
+            #[cfg(feature = "fault-injection")]
             PoolMsg::Fail(Some(i)) => {
                 if let Some(w) = state.workers.get(i % state.workers.len().max(1)) {
                     w.cast(WorkerMsg::Fail)?;
@@ -167,7 +170,12 @@ impl Actor for SpirePool {
 pub enum WorkerMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
     Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
-    Apply { ops: Vec<EntryOp>, epoch: u64, reply: RpcReplyPort<ApplyReply> },
+    Apply {
+        ops: Vec<EntryOp>,
+        epoch: u64,
+        reply: RpcReplyPort<ApplyReply>,
+    },
+    #[cfg(feature = "fault-injection")]
     Fail,
 }
 
@@ -209,6 +217,7 @@ impl Actor for SpireWorker {
             WorkerMsg::Apply { ops, epoch, reply } => {
                 let _ = reply.send(apply(&state.client, &state.leadership, ops, epoch).await);
             }
+            #[cfg(feature = "fault-injection")]
             WorkerMsg::Fail => return Err("fault injected into a SPIRE worker".into()),
         }
         Ok(())

@@ -65,6 +65,7 @@ pub enum WatcherMsg {
     Delta(Delta),
     StreamEnded,
     /// Test-only fault injection.
+    #[cfg(feature = "fault-injection")]
     Fail,
 }
 
@@ -151,6 +152,7 @@ impl Actor for Watcher {
                 }
             }
             WatcherMsg::StreamEnded => return Err(format!("{} watch stream ended", kind.label()).into()),
+            #[cfg(feature = "fault-injection")]
             WatcherMsg::Fail => {
                 return Err(format!("fault injected into the {} watcher", kind.label()).into());
             }

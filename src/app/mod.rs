@@ -29,7 +29,7 @@ use crate::{
         PoolHandle,
         leader::{Leader, LeaderArgs, LeaderMsg},
         root::{ChildSpec, Root, RootMsg},
-        spire_pool::{PoolArgs, PoolMsg, SpirePool},
+        spire_pool::{PoolArgs, SpirePool},
         task::{Task, TaskArgs},
     },
     config::{self, Config, Mode, ServerAddress},
@@ -213,7 +213,7 @@ pub async fn run(
 /// The SPIRE pool: the one SPIRE client of the tree, started first so it stops last; a restart
 /// is swapped into the shared handle.
 fn pool_child(spire: SpireClient, leadership: LeadershipRx, pool: PoolHandle) -> ChildSpec {
-    ChildSpec::new("spire_pool", move |sup| {
+    let spec = ChildSpec::new("spire_pool", move |sup| {
         let (pool, args) =
             (pool.clone(), PoolArgs { client: spire.clone(), leadership: leadership.clone(), workers: 2 });
         async move {
@@ -221,16 +221,19 @@ fn pool_child(spire: SpireClient, leadership: LeadershipRx, pool: PoolHandle) ->
             pool.set(actor.clone());
             Ok(actor.get_cell())
         }
-    })
-    .fail(|cell, arg| async move {
+    });
+    #[cfg(feature = "fault-injection")]
+    let spec = spec.fail(|cell, arg| async move {
         let which = arg.strip_prefix("worker:").and_then(|i| i.parse().ok());
+        use crate::actors::spire_pool::PoolMsg;
         let _ = ActorRef::<PoolMsg>::from(cell).cast(PoolMsg::Fail(which));
-    })
+    });
+    spec
 }
 
 /// The Leader; on shutdown it releases the lock before it stops, so a follower takes over at once.
 fn leader_child(args: LeaderArgs) -> ChildSpec {
-    ChildSpec::new("leader", move |sup| {
+    let spec = ChildSpec::new("leader", move |sup| {
         let args =
             LeaderArgs { client: args.client.clone(), config: args.config.clone(), tx: args.tx.clone() };
         async move { Ok(Actor::spawn_linked(None, Leader, args, sup).await?.0.get_cell()) }
@@ -240,10 +243,12 @@ fn leader_child(args: LeaderArgs) -> ChildSpec {
         if leader.call(LeaderMsg::Release, Some(Duration::from_secs(10))).await.is_err() {
             tracing::warn!("Could not release the leader lock; followers take over after it expires.");
         }
-    })
-    .fail(|cell, _| async move {
+    });
+    #[cfg(feature = "fault-injection")]
+    let spec = spec.fail(|cell, _| async move {
         let _ = ActorRef::<LeaderMsg>::from(cell).cast(LeaderMsg::Fail);
-    })
+    });
+    spec
 }
 
 /// `/metrics`, `/healthz`, `/readyz` (and `/debug/fail/*`) as a supervised child.
@@ -274,16 +279,15 @@ where
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let args = TaskArgs::new(name, drain, factory);
-    ChildSpec::new(name, move |sup| {
+    let spec = ChildSpec::new(name, move |sup| {
         let args = args.clone();
         async move { Ok(Actor::spawn_linked(None, Task, args, sup).await?.0.get_cell()) }
-    })
-    .fail(|cell, _| async move {
-        #[cfg(feature = "fault-injection")]
+    });
+    #[cfg(feature = "fault-injection")]
+    let spec = spec.fail(|cell, _| async move {
         let _ = ActorRef::<crate::actors::task::TaskMsg>::from(cell).cast(crate::actors::task::TaskMsg::Fail);
-        #[cfg(not(feature = "fault-injection"))]
-        let _ = cell;
-    })
+    });
+    spec
 }
 
 /// `POST /debug/fail/<target>`: a child's name (`spire_pool`, `leader`, `http`, ...), `pool`,

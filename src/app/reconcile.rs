@@ -50,8 +50,9 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         let _ = ActorRef::<RegistrarMsg>::from(cell)
             .call(RegistrarMsg::Shutdown, Some(Duration::from_secs(30)))
             .await;
-    })
-    .fail(|cell, arg| async move {
+    });
+    #[cfg(feature = "fault-injection")]
+    let registrar = registrar.fail(|cell, arg| async move {
         if let Some(target) = FaultTarget::parse(&arg) {
             let _ = ActorRef::<RegistrarMsg>::from(cell).cast(RegistrarMsg::Inject(target));
         }

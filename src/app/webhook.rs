@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 use super::{Error, ModeTree, Shared, clone_listener, task_child};
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     spire::SpireClient,
     webhook::{
         admission,
-        backstop::{Backstop, BackstopArgs, BackstopMsg},
+        backstop::{Backstop, BackstopArgs},
         handler, server,
     },
 };
@@ -84,9 +84,11 @@ pub(super) async fn tree(
     let backstop = ChildSpec::new("backstop", move |sup| {
         let args = backstop.clone();
         async move { Ok(Actor::spawn_linked(None, Backstop, args, sup).await?.0.get_cell()) }
-    })
-    .fail(|cell, _| async move {
-        let _ = ActorRef::<BackstopMsg>::from(cell).cast(BackstopMsg::Fail);
+    });
+    #[cfg(feature = "fault-injection")]
+    let backstop = backstop.fail(|cell, _| async move {
+        use crate::webhook::backstop::BackstopMsg;
+        let _ = ractor::ActorRef::<BackstopMsg>::from(cell).cast(BackstopMsg::Fail);
     });
     let admit = admission::Admission { naming, spire, pods: Some(shared.client.clone()) }.into_admit();
     let router = handler::router(admit);

@@ -31,6 +31,7 @@ use crate::{
 pub enum BackstopMsg {
     Tick,
     /// Test-only fault injection.
+    #[cfg(feature = "fault-injection")]
     Fail,
 }
 
@@ -80,6 +81,7 @@ impl Actor for Backstop {
                     tracing::warn!(error = %e, "Backstop pass failed; the next one retries.");
                 }
             }
+            #[cfg(feature = "fault-injection")]
             BackstopMsg::Fail => return Err("fault injected into the backstop".into()),
         }
         Ok(())
