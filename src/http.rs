@@ -1,6 +1,6 @@
 //! The operational HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process and its
-//! actor system are alive) and `/readyz` (the first convergence pass has been handed out, or, on
-//! a follower, the caches are warm). With the `fault-injection` feature it also serves
+//! actor system are alive) and `/readyz` (see `readiness`: caches synced, first convergence pass
+//! done while leading, SPIRE and the API server answering). With the `fault-injection` feature it also serves
 //! `POST /debug/fail/{target}` for the chaos and integration tests.
 
 use std::{
@@ -21,7 +21,7 @@ pub type Injector = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 #[derive(Clone)]
 pub struct Health {
     pub alive: Arc<AtomicBool>,
-    pub ready: Arc<AtomicBool>,
+    pub ready: crate::readiness::Readiness,
     pub metrics: PrometheusHandle,
     pub inject: Option<Injector>,
 }
@@ -35,7 +35,12 @@ pub fn router(health: Health) -> Router {
         )
         .route(
             "/readyz",
-            get(|State(h): State<Health>| async move { flag(&h.ready, "ok", "initial sync not done") }),
+            get(|State(h): State<Health>| async move {
+                match h.ready.check() {
+                    Ok(()) => (StatusCode::OK, "ok"),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
         );
     #[cfg(feature = "fault-injection")]
     let router = router.route(

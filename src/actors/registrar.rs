@@ -24,10 +24,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -45,6 +42,7 @@ use crate::{
     k8s::{cache::ClusterCache, events::EventSink},
     leadership::{Leadership, LeadershipRx},
     model::Entry,
+    readiness::Readiness,
     spire::ListFilter,
 };
 
@@ -101,8 +99,9 @@ pub struct RegistrarArgs {
     pub watch_slices: bool,
     pub resync_interval: Duration,
     pub events: EventSink,
-    /// Set once the first full convergence pass has been handed to the shards.
-    pub ready: Arc<AtomicBool>,
+    /// `/readyz`: synced once every watcher listed; converged for an epoch once its initial read
+    /// has been handed to the shards.
+    pub readiness: Readiness,
 }
 
 pub struct Registrar;
@@ -184,6 +183,7 @@ async fn spawn_watcher(
         client: state.args.client.clone(),
         cache: state.args.cache.clone(),
         registrar: myself.clone(),
+        kube: state.args.readiness.kube.clone(),
     };
     let (w, _) = Actor::spawn_linked(None, Watcher, args, myself.get_cell()).await?;
     state.children.insert(w.get_id(), (ChildKind::Watcher(kind), None));
@@ -379,7 +379,7 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     }
     if !l.leading {
         // A follower is ready as soon as its caches are warm: it could take over at once.
-        state.args.ready.store(true, Ordering::SeqCst);
+        state.args.readiness.set_synced();
         return;
     }
     if state.bootstrapped == Some(l.epoch) || state.reading == Some(l.epoch) {
@@ -441,5 +441,6 @@ async fn bootstrap_read(
         }
     }
     state.bootstrapped = Some(epoch);
-    state.args.ready.store(true, Ordering::SeqCst);
+    state.args.readiness.set_synced();
+    state.args.readiness.set_converged(epoch);
 }

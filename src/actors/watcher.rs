@@ -28,6 +28,7 @@ use super::registrar::RegistrarMsg;
 use crate::{
     identity::{EndpointSliceInfo, NodeInfo, PodInfo},
     k8s::{cache::ClusterCache, convert},
+    readiness::Reachability,
 };
 
 /// The kinds the registrar watches.
@@ -75,6 +76,8 @@ pub struct WatcherArgs {
     pub client: kube::Client,
     pub cache: ClusterCache,
     pub registrar: ActorRef<RegistrarMsg>,
+    /// Told of every watch error and every answer, for `/readyz`.
+    pub kube: Reachability,
 }
 
 pub struct Watcher;
@@ -96,7 +99,7 @@ impl Actor for Watcher {
         args: WatcherArgs,
     ) -> Result<WatcherState, ActorProcessingErr> {
         let task = match args.kind {
-            WatchKind::Pods => spawn_stream::<Pod>(&args.client, myself, |ev| match ev {
+            WatchKind::Pods => spawn_stream::<Pod>(&args.client, args.kube.clone(), myself, |ev| match ev {
                 Ev::Apply(p) => convert::pod_info(&p).map(|p| Delta::Pod(Box::new(p))),
                 Ev::Delete(p) => Some(Delta::PodGone {
                     namespace: p.metadata.namespace.clone()?,
@@ -104,23 +107,27 @@ impl Actor for Watcher {
                 }),
                 Ev::Relist(ps) => Some(Delta::Pods(ps.iter().filter_map(convert::pod_info).collect())),
             }),
-            WatchKind::Nodes => spawn_stream::<Node>(&args.client, myself, |ev| match ev {
-                Ev::Apply(n) => convert::node_info(&n).map(Delta::Node),
-                Ev::Delete(n) => n.metadata.name.clone().map(Delta::NodeGone),
-                Ev::Relist(ns) => Some(Delta::Nodes(ns.iter().filter_map(convert::node_info).collect())),
-            }),
-            WatchKind::EndpointSlices => spawn_stream::<EndpointSlice>(&args.client, myself, |ev| match ev {
-                Ev::Apply(s) => Some(Delta::Slice(s.metadata.name.clone()?, convert::slice_info(&s)?)),
-                Ev::Delete(s) => Some(Delta::SliceGone {
-                    namespace: s.metadata.namespace.clone()?,
-                    name: s.metadata.name.clone()?,
-                }),
-                Ev::Relist(ss) => Some(Delta::Slices(
-                    ss.iter()
-                        .filter_map(|s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)))
-                        .collect(),
-                )),
-            }),
+            WatchKind::Nodes => {
+                spawn_stream::<Node>(&args.client, args.kube.clone(), myself, |ev| match ev {
+                    Ev::Apply(n) => convert::node_info(&n).map(Delta::Node),
+                    Ev::Delete(n) => n.metadata.name.clone().map(Delta::NodeGone),
+                    Ev::Relist(ns) => Some(Delta::Nodes(ns.iter().filter_map(convert::node_info).collect())),
+                })
+            }
+            WatchKind::EndpointSlices => {
+                spawn_stream::<EndpointSlice>(&args.client, args.kube.clone(), myself, |ev| match ev {
+                    Ev::Apply(s) => Some(Delta::Slice(s.metadata.name.clone()?, convert::slice_info(&s)?)),
+                    Ev::Delete(s) => Some(Delta::SliceGone {
+                        namespace: s.metadata.namespace.clone()?,
+                        name: s.metadata.name.clone()?,
+                    }),
+                    Ev::Relist(ss) => Some(Delta::Slices(
+                        ss.iter()
+                            .filter_map(|s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)))
+                            .collect(),
+                    )),
+                })
+            }
         };
         Ok(WatcherState { args, task, synced: false })
     }
@@ -207,6 +214,7 @@ enum Ev<K> {
 
 fn spawn_stream<K>(
     client: &kube::Client,
+    kube: Reachability,
     myself: ActorRef<WatcherMsg>,
     strip: impl Fn(Ev<K>) -> Option<Delta> + Send + 'static,
 ) -> JoinHandle<()>
@@ -220,6 +228,10 @@ where
         let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut relist = Vec::new();
         while let Some(event) = stream.next().await {
+            match &event {
+                Ok(_) => kube.ok(),
+                Err(_) => kube.failed(),
+            }
             let delta = match event {
                 Ok(watcher::Event::Init) => {
                     relist.clear();

@@ -2,10 +2,7 @@
 //! the SpiffeID → entry controller, the Pod/Node → SpiffeID projector (`pod_controller`) and the
 //! SpiffeID validating webhook (`webhook_enabled`), each hosted as a supervised `Task`.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use super::{Error, ModeTree, Shared, clone_listener, own_namespace, task_child};
 use crate::{
@@ -53,10 +50,13 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
         shared.leadership.clone(),
         cc.resync_interval,
     ));
+    // With the projector, its first pass as leader is the convergence signal; without, the
+    // controller's synced cache is.
+    let controller_readiness = (!cc.pod_controller).then(|| shared.readiness.clone());
     children.push(task_child("spiffeid_controller", Duration::from_secs(20), move |shutdown| {
-        let ctx = ctx.clone();
+        let (ctx, readiness) = (ctx.clone(), controller_readiness.clone());
         async move {
-            controller::run(ctx, shutdown).await;
+            controller::run(ctx, shutdown, readiness).await;
             Ok(())
         }
     }));
@@ -79,6 +79,7 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
             leadership: shared.leadership.clone(),
             events: EventSink::new(shared.client.clone(), "k8s-workload-registrar"),
             resync_interval: cc.resync_interval,
+            readiness: shared.readiness.clone(),
         });
         children.push(task_child("spiffeid_projector", Duration::from_secs(10), move |shutdown| {
             let sctx = sctx.clone();
@@ -104,7 +105,5 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
             }
         }));
     }
-    // Readiness is not yet tied to the controller's first pass (see the README).
-    let ready = Arc::new(AtomicBool::new(true));
-    Ok(ModeTree { children, ready, metrics_addr: cc.metrics_addr, fault_route: |_| None })
+    Ok(ModeTree { children, metrics_addr: cc.metrics_addr, fault_route: |_| None })
 }

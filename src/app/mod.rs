@@ -36,6 +36,7 @@ use crate::{
     election::{ElectionConfig, LockKind},
     http,
     leadership::{self, Leadership, LeadershipRx, LeadershipTx},
+    readiness::Readiness,
     spire::SpireClient,
 };
 
@@ -100,8 +101,6 @@ const FIRST_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 struct ModeTree {
     /// The mode's own children, in start order (after the pool and the Leader).
     children: Vec<ChildSpec>,
-    /// `/readyz`: set by the mode once it has done what readiness means for it.
-    ready: Arc<AtomicBool>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: disabled).
     metrics_addr: Option<std::net::SocketAddr>,
     /// Maps a `POST /debug/fail/<target>` target to (child, argument) for this mode's children.
@@ -113,6 +112,8 @@ pub(crate) struct Shared {
     pub client: kube::Client,
     pub pool: PoolHandle,
     pub leadership: LeadershipRx,
+    /// `/readyz`; the mode sets synced and converged (see `readiness`).
+    pub readiness: Readiness,
 }
 
 /// Runs the registrar described by `cfg` until `shutdown` resolves (then stops gracefully:
@@ -161,8 +162,13 @@ pub async fn run(
         // Without election this replica is the only writer for its whole life.
         metrics::gauge!("registrar_is_leader").set(1.0);
     }
-    let shared =
-        Shared { client: client.clone(), pool: PoolHandle::default(), leadership: leadership.clone() };
+    let readiness = Readiness::new(leadership.clone(), spire.reachability());
+    let shared = Shared {
+        client: client.clone(),
+        pool: PoolHandle::default(),
+        leadership: leadership.clone(),
+        readiness: readiness.clone(),
+    };
     let mut specs = vec![pool_child(spire.clone(), leadership.clone(), shared.pool.clone())];
     if let Some((config, tx)) = election {
         specs.push(leader_child(LeaderArgs { client: client.clone(), config, tx }));
@@ -179,7 +185,7 @@ pub async fn run(
         let listener = http::bind(addr).await.map_err(Error::Listen)?;
         let health = http::Health {
             alive: alive.clone(),
-            ready: mode.ready.clone(),
+            ready: readiness,
             metrics,
             inject: injector(root_ref.clone(), mode.fault_route, {
                 let mut names = crate::actors::root::fault_targets(&specs);

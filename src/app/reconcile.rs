@@ -1,10 +1,7 @@
 //! Reconcile mode's children: the `Registrar` (watchers per kind and one shard per node; see
 //! `actors::registrar`). The pool, the Leader and the HTTP endpoint are added by `app::run`.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use ractor::{Actor, ActorRef};
 
@@ -29,7 +26,6 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         pod_dns_zone: rc.add_pod_dns_names.then(|| rc.cluster_dns_zone.clone()),
     });
     naming.validate()?;
-    let ready = Arc::new(AtomicBool::new(false));
     let args = RegistrarArgs {
         naming,
         client: shared.client.clone(),
@@ -39,7 +35,7 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         watch_slices: rc.add_pod_dns_names,
         resync_interval: rc.resync_interval,
         events: EventSink::new(shared.client.clone(), &rc.controller_name),
-        ready: ready.clone(),
+        readiness: shared.readiness.clone(),
     };
     let registrar = ChildSpec::new("registrar", move |sup| {
         let args = args.clone();
@@ -57,7 +53,7 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
             let _ = ActorRef::<RegistrarMsg>::from(cell).cast(RegistrarMsg::Inject(target));
         }
     });
-    Ok(ModeTree { children: vec![registrar], ready, metrics_addr: rc.metrics_addr, fault_route })
+    Ok(ModeTree { children: vec![registrar], metrics_addr: rc.metrics_addr, fault_route })
 }
 
 /// `pods`, `nodes`, `endpointslices`, `shard:<node>` go to the registrar.

@@ -4,7 +4,7 @@
 //!
 //! Admissions are the one unfenced writer: every replica answers them (see `webhook::admission`).
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::sync::Arc;
 
 use ractor::Actor;
 
@@ -80,6 +80,7 @@ pub(super) async fn tree(
         client: shared.client.clone(),
         leadership: shared.leadership.clone(),
         interval: wc.resync_interval,
+        readiness: shared.readiness.clone(),
     };
     let backstop = ChildSpec::new("backstop", move |sup| {
         let args = backstop.clone();
@@ -100,12 +101,8 @@ pub(super) async fn tree(
             server::serve(listener, files, router, shutdown).await.map_err(|e| e.to_string())
         }
     });
-    // The webhook serves as soon as it listens; readiness needs nothing more.
-    let ready = Arc::new(AtomicBool::new(true));
-    Ok(ModeTree {
-        children: vec![backstop, server],
-        ready,
-        metrics_addr: wc.metrics_addr,
-        fault_route: |_| None,
-    })
+    // Nothing to sync: admissions carry their pods. The backstop's first pass as leader is the
+    // first convergence pass.
+    shared.readiness.set_synced();
+    Ok(ModeTree { children: vec![backstop, server], metrics_addr: wc.metrics_addr, fault_route: |_| None })
 }

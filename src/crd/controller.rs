@@ -51,6 +51,7 @@ use crate::{
     k8s::events::{EventSink, Reason},
     leadership::LeadershipRx,
     model::Entry,
+    readiness::Readiness,
     spire::{ItemError, ListFilter},
 };
 
@@ -144,10 +145,44 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const RETRY: Duration = Duration::from_secs(3);
 
-/// Runs the SpiffeID controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Ctx>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// Aborts the task when dropped (the reporter lives exactly as long as the controller).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the SpiffeID controller until `shutdown` resolves. With `readiness` (when no projector
+/// reports convergence), it is synced once the controller's cache has listed every SpiffeID, and
+/// converged for every epoch this replica leads in from then on.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    readiness: Option<Readiness>,
+) {
     let api: Api<SpiffeID> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    let _reporter = readiness.map(|r| {
+        let (store, mut leadership) = (controller.store(), ctx.leadership.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            // `wait_until_ready` wakes only its last poller, and the controller's runner polls it
+            // too: ask again every half second instead of waiting once.
+            while tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await.is_err() {}
+            r.set_synced();
+            loop {
+                let now = *leadership.borrow_and_update();
+                if now.leading {
+                    r.set_converged(now.epoch);
+                }
+                if leadership.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    });
+    controller
         .graceful_shutdown_on(shutdown)
         .run(
             reconcile,

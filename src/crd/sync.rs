@@ -51,6 +51,7 @@ use crate::{
         events::{EventSink, Reason},
     },
     leadership::LeadershipRx,
+    readiness::{Reachability, Readiness},
 };
 
 pub const FIELD_MANAGER: &str = "k8s-workload-registrar";
@@ -64,6 +65,8 @@ pub struct SyncCtx {
     pub leadership: LeadershipRx,
     pub events: EventSink,
     pub resync_interval: Duration,
+    /// Synced once every store listed; converged for an epoch after a pass as its leader.
+    pub readiness: Readiness,
 }
 
 /// One desired SpiffeID.
@@ -73,7 +76,11 @@ struct Want {
     owner: OwnerReference,
 }
 
-fn drive<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+fn drive<K>(
+    api: Api<K>,
+    notify: Arc<tokio::sync::Notify>,
+    kube: Reachability,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -86,8 +93,12 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
     let task = tokio::spawn(stream.for_each(move |ev| {
-        if let Err(e) = ev {
-            tracing::warn!(error = %e, "Watch error (retrying).");
+        match ev {
+            Ok(_) => kube.ok(),
+            Err(e) => {
+                kube.failed();
+                tracing::warn!(error = %e, "Watch error (retrying).");
+            }
         }
         notify.notify_one();
         future::ready(())
@@ -101,12 +112,13 @@ use kube::runtime::reflector::reflector;
 pub async fn run(ctx: Arc<SyncCtx>, shutdown: impl std::future::Future<Output = ()>) {
     let notify = Arc::new(tokio::sync::Notify::new());
     let c = &ctx.client;
-    let (pods, t1) = drive(Api::<Pod>::all(c.clone()), notify.clone());
-    let (nodes, t2) = drive(Api::<Node>::all(c.clone()), notify.clone());
-    let (sids, t3) = drive(Api::<SpiffeID>::all(c.clone()), notify.clone());
+    let kube = || ctx.readiness.kube.clone();
+    let (pods, t1) = drive(Api::<Pod>::all(c.clone()), notify.clone(), kube());
+    let (nodes, t2) = drive(Api::<Node>::all(c.clone()), notify.clone(), kube());
+    let (sids, t3) = drive(Api::<SpiffeID>::all(c.clone()), notify.clone(), kube());
     let mut tasks = vec![t1, t2, t3];
     let slices = if ctx.add_svc_dns_name {
-        let (s, t) = drive(Api::<EndpointSlice>::all(c.clone()), notify.clone());
+        let (s, t) = drive(Api::<EndpointSlice>::all(c.clone()), notify.clone(), kube());
         tasks.push(t);
         Some(s)
     } else {
@@ -119,13 +131,19 @@ pub async fn run(ctx: Arc<SyncCtx>, shutdown: impl std::future::Future<Output = 
         if let Some(s) = &slices {
             let _ = s.wait_until_ready().await;
         }
+        ctx.readiness.set_synced();
         let mut reported = HashSet::new();
+        let mut leadership = ctx.leadership.clone();
         loop {
-            if ctx.leadership.borrow().leading {
+            let now = *leadership.borrow_and_update();
+            if now.leading {
                 sync_once(&ctx, &pods, &nodes, &sids, slices.as_ref(), &mut reported).await;
+                ctx.readiness.set_converged(now.epoch);
             }
             tokio::select! {
                 _ = notify.notified() => {}
+                // A promotion starts a pass at once.
+                _ = leadership.changed() => {}
                 _ = tokio::time::sleep(ctx.resync_interval) => {}
             }
             // Debounce bursts of changes into one pass.

@@ -35,6 +35,7 @@ use super::{
 use crate::{
     id::SpiffeId,
     model::{Entry, EntrySpec, Selector},
+    readiness::Reachability,
 };
 
 pub const PAGE_SIZE: i32 = 500;
@@ -76,6 +77,8 @@ impl ItemError {
 pub struct SpireClient {
     inner: EntryClient<Channel>,
     timeout: Duration,
+    /// Shared by clones: whether the server has been answering (for `/readyz`).
+    reach: Reachability,
 }
 
 impl SpireClient {
@@ -145,7 +148,12 @@ impl SpireClient {
 
     /// For an already-built channel (tests).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { inner: EntryClient::new(channel), timeout: CALL_TIMEOUT }
+        Self { inner: EntryClient::new(channel), timeout: CALL_TIMEOUT, reach: Reachability::default() }
+    }
+
+    /// Whether the server has been answering this client and its clones.
+    pub fn reachability(&self) -> Reachability {
+        self.reach.clone()
     }
 
     /// Overrides the per-call deadline.
@@ -189,6 +197,20 @@ impl SpireClient {
             Ok(_) => "ok",
             Err(e) => e.metric_label(),
         };
+        // An answer the registrar cannot work with counts as unreachable, a per-call refusal
+        // (NOT_FOUND, INVALID_ARGUMENT, ...) as an answer.
+        match &outcome {
+            Err(Error::Rpc {
+                code:
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::Unknown,
+                ..
+            }) => self.reach.failed(),
+            _ => self.reach.ok(),
+        }
         metrics::histogram!("spire_call_duration_seconds", "method" => method, "outcome" => label)
             .record(start.elapsed().as_secs_f64());
         outcome

@@ -25,6 +25,7 @@ use crate::{
     k8s::convert,
     leadership::LeadershipRx,
     model::{Entry, EntrySpec},
+    readiness::Readiness,
     spire::{ItemError, ListFilter, SpireClient},
 };
 
@@ -42,6 +43,8 @@ pub struct BackstopArgs {
     pub client: kube::Client,
     pub leadership: LeadershipRx,
     pub interval: Duration,
+    /// Converged for an epoch once a pass as its leader succeeded; told of pod-list outcomes.
+    pub readiness: Readiness,
 }
 
 pub struct Backstop;
@@ -114,8 +117,12 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
     }
     let start = std::time::Instant::now();
     let actual = owned_entries(args).await?;
-    let pods =
-        Api::<Pod>::all(args.client.clone()).list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+    let pods = Api::<Pod>::all(args.client.clone()).list(&ListParams::default()).await;
+    match &pods {
+        Ok(_) => args.readiness.kube.ok(),
+        Err(_) => args.readiness.kube.failed(),
+    }
+    let pods = pods.map_err(|e| e.to_string())?;
     let mut desired = vec![args.naming.webhook_cluster_entry().map_err(|e| e.to_string())?];
     for pod in pods.items.iter().filter_map(convert::pod_info) {
         if pod.terminal {
@@ -188,5 +195,6 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
         tracing::info!(entries = creates.len(), "Backstop created missing entries.");
     }
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
+    args.readiness.set_converged(leadership.epoch);
     Ok(())
 }

@@ -430,7 +430,7 @@ async fn leader_election_gives_one_writer_and_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_children_are_restarted_alone_and_work_continues() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let k = stack.kube.client().await;
     let spire = stack.spire.client();
     install_crd(&k).await;
@@ -475,6 +475,18 @@ async fn failed_children_are_restarted_alone_and_work_continues() {
     );
     let (code, body) = crate::registrar::http_request(reg.metrics_port, "POST", "/debug/fail/nonsense").await;
     assert!(code >= 400 && body.contains("unknown fault target"), "{code} {body}");
+
+    // Readiness means the same as in the other modes: a leader that cannot reach SPIRE (the
+    // controller re-checks every SpiffeID each resync) is not ready until SPIRE is back.
+    stack.spire.kill();
+    let body = eventually("/readyz to turn 503", Duration::from_secs(60), || async {
+        let (code, body) = reg.get("/readyz").await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body, "SPIRE server unreachable");
+    stack.spire.restart().await;
+    reg.wait_ready().await;
 }
 
 /// Waits for a Warning Event on `name` in `ns` and returns it.

@@ -3,10 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{
-    stack::{Proc, Stack, free_port},
-    util::eventually,
-};
+use crate::stack::{Proc, Stack, free_port};
 
 pub struct Registrar {
     pub proc: Proc,
@@ -60,11 +57,18 @@ impl Registrar {
     }
 
     pub async fn wait_ready(&self) {
-        eventually("registrar /readyz", Duration::from_secs(60), || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
             self.proc.assert_running();
-            (self.get("/readyz").await.0 == 200).then_some(())
-        })
-        .await;
+            let (code, body) = self.get("/readyz").await;
+            if code == 200 {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("registrar not ready after 60s: {code} {body:?}\n{}", self.proc.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {

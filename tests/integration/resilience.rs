@@ -188,10 +188,18 @@ async fn spire_server_outage_is_survived_and_caught_up() {
     .await;
     assert_eq!(reg.get("/healthz").await.0, 200, "an unavailable SPIRE server is not a reason to die");
     reg.proc.assert_running();
+    // ... but a leader that cannot reach SPIRE for a while is not ready (the retries keep calling).
+    let (_, why) = eventually("/readyz to turn 503", Duration::from_secs(60), || async {
+        let (code, body) = reg.get("/readyz").await;
+        (code == 503).then_some((code, body))
+    })
+    .await;
+    assert_eq!(why, "SPIRE server unreachable");
 
-    // SPIRE comes back on the same datastore: the registrar catches up exactly.
+    // SPIRE comes back on the same datastore: the registrar catches up exactly, and is ready.
     stack.spire.restart().await;
     converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "/ns/a/sa/s2")]).await;
+    reg.wait_ready().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
