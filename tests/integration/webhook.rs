@@ -2,7 +2,7 @@
 //! ValidatingAdmissionWebhook over HTTPS, presenting a client certificate configured through its
 //! AdmissionConfiguration; entries appear and vanish in the real spire-server.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Pod};
@@ -373,4 +373,65 @@ async fn shipped_webhook_rbac_is_sufficient() {
         .unwrap();
     assert!(lease.spec.unwrap().holder_identity.unwrap().starts_with("wh_"));
     assert!(!reg.proc.log_text().contains("forbidden"), "a permission is missing:\n{}", reg.proc.log_tail());
+}
+
+/// Webhook mode under a seeded schedule (as `chaos::*`): pods come and go through admissions
+/// while children fail, SPIRE restarts and the registrar is killed (admissions then go
+/// unanswered: `failurePolicy: Ignore`, and the backstop repairs); in the end the entries are
+/// exactly the cluster entry plus one per live pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_random_churn_and_faults_converge_exactly() {
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_2026);
+    let rounds: u64 = std::env::var("CHAOS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    eprintln!("chaos: CHAOS_SEED={seed} CHAOS_ROUNDS={rounds}");
+    let mut state = seed | 1;
+    let mut below = |n: usize| {
+        // xorshift64*, as in `chaos.rs`.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+    };
+    let (mut stack, pki) = webhook_stack().await;
+    let k = stack.kube.client().await;
+    let port = free_port();
+    let mut reg = start_registrar(&stack, &pki, "wh", port, "").await;
+    register_webhook(&stack, &pki, port, "Ignore").await;
+    create_namespace(&k, "chaos").await;
+    let mut pods: BTreeMap<String, String> = BTreeMap::new(); // pod → service account
+    let (mut next_id, mut runs) = (0, 1);
+    for round in 0..rounds {
+        for _ in 0..4 {
+            match below(8) {
+                0..=2 => {
+                    let (name, sa) = (format!("p{next_id}"), format!("sa{}", below(3)));
+                    next_id += 1;
+                    pod("chaos", &name).sa(&sa).create(&k).await;
+                    pods.insert(name, sa);
+                }
+                3 if !pods.is_empty() => {
+                    let name = pods.keys().nth(below(pods.len())).unwrap().clone();
+                    delete_pod(&k, "chaos", &name).await;
+                    pods.remove(&name);
+                }
+                4 | 5 => {
+                    let targets = ["backstop", "spire_pool", "admission_server", "http"];
+                    reg.inject(targets[below(targets.len())]).await;
+                }
+                6 => stack.spire.restart().await,
+                7 => {
+                    reg.proc.kill();
+                    runs += 1;
+                    reg = start_registrar(&stack, &pki, &format!("wh{runs}"), port, "").await;
+                }
+                _ => {}
+            }
+        }
+        eprintln!("chaos: round {round}: {} pods", pods.len());
+    }
+    let mut expected = vec![cluster_entry()];
+    expected.extend(pods.iter().map(|(name, sa)| pod_entry("chaos", name, &format!("/ns/chaos/sa/{sa}"))));
+    reg.wait_ready().await;
+    converge(&stack.spire.client(), expected).await;
+    reg.proc.assert_running();
 }
