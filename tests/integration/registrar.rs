@@ -81,9 +81,13 @@ impl Registrar {
         // While the `http` child itself restarts (after a fault injected into it), a connection
         // can be accepted by the stopping server and closed unanswered: retry those (code 0).
         for _ in 0..50 {
-            let (code, body) = http_request(self.metrics_port, "POST", &format!("/debug/fail/{target}")).await;
+            let (code, body) =
+                http_request(self.metrics_port, "POST", &format!("/debug/fail/{target}")).await;
             if code != 0 {
-                assert_eq!(code, 200, "fault injection into {target} (needs --features fault-injection): {body}");
+                assert_eq!(
+                    code, 200,
+                    "fault injection into {target} (needs --features fault-injection): {body}"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -308,3 +308,125 @@ async fn registrar_binary_registers_pods_over_tcp() {
     .await;
     assert!(reg.log_text().contains("credentials from the agent socket"), "{}", reg.log_tail());
 }
+
+/// The SPIFFE IDs the agent's Workload API serves to this process (`spire-agent api fetch`).
+fn served_to_me(stack: &TcpStack) -> BTreeSet<String> {
+    let out = std::process::Command::new(bin("spire-agent"))
+        .args(["api", "fetch", "x509", "-output", "json", "-socketPath"])
+        .arg(stack.agent_socket())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return BTreeSet::new(); // "no identity issued" while nothing matches
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let svids = v.get("svids").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+    svids.iter().filter_map(|s| s["spiffe_id"].as_str().map(String::from)).collect()
+}
+
+/// The node-alias hijack, end to end with a real agent: SPIRE authorizes an agent recursively
+/// over entry IDs, so a workload entry whose SPIFFE ID is another node's alias would hand this
+/// node's agent the other node's SVIDs. Neither a pod's annotation nor a tenant's SpiffeID may
+/// create one (crd mode here; reconcile and webhook share the same rule, `identity::workload_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_never_served_another_nodes_svids() {
+    let stack = TcpStack::start().await;
+    let kube = crate::stack::Kube::start(stack.dir.path(), Default::default()).await;
+    let k = kube.client().await;
+    crate::crd::install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    create_node(&k, "n2").await;
+    let (alias1, alias2) = (
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
+        "spiffe://example.org/k8s-workload-registrar/c1/node/n2",
+    );
+    let me = stack.uid_selector();
+    let cli = |args: &[&str]| {
+        let out = stack.spire.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The join-token agent plays node n1: an entry with n1's alias ID, parented to the agent.
+    cli(&["entry", "create", "-parentID", AGENT_ID, "-spiffeID", alias1, "-selector", "unix:uid:424242"]);
+    // A workload on each node that this process would match.
+    cli(&["entry", "create", "-parentID", alias1, "-spiffeID", "spiffe://example.org/w1", "-selector", &me]);
+    cli(&["entry", "create", "-parentID", alias2, "-spiffeID", "spiffe://example.org/w2", "-selector", &me]);
+    let w1 = "spiffe://example.org/w1".to_string();
+    let w2 = "spiffe://example.org/w2".to_string();
+    eventually("the agent serves n1's workload", SVID_WAIT, || async {
+        served_to_me(&stack).contains(&w1).then_some(())
+    })
+    .await;
+    assert!(!served_to_me(&stack).contains(&w2), "n2's workload is not n1's agent's to serve");
+
+    // The registrar (crd mode, IDs from an annotation) with a pod on n1 that claims n2's alias,
+    // and a tenant SpiffeID that tries the same in the pod-SpiffeID shape.
+    pod("shop", "hijack")
+        .on("n1")
+        .annotation("spiffe.io/id", "k8s-workload-registrar/c1/node/n2")
+        .create(&k)
+        .await;
+    let metrics_port = crate::stack::free_port();
+    let config = stack.dir.path().join("registrar.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"c1\"\nmode = \"crd\"\n\
+             pod_annotation = \"spiffe.io/id\"\nadd_svc_dns_name = false\nresync_interval = \"2s\"\n\
+             metrics_bind_addr = \"127.0.0.1:{metrics_port}\"\n",
+            stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    let reg = Proc::spawn_env(
+        "registrar",
+        Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
+        &["-config", &config.display().to_string()],
+        stack.dir.path(),
+        &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default")],
+    );
+    let api: kube::Api<k8s_workload_registrar::crd::resource::SpiffeID> =
+        kube::Api::namespaced(k.clone(), "shop");
+    let evil = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spiffeid.spiffe.io/v1beta1", "kind": "SpiffeID", "metadata": {"name": "evil"},
+        "spec": {"parentId": alias1, "spiffeId": alias2,
+                 "selector": {"namespace": "shop", "podUid": "x", "nodeName": "n1"}},
+    }))
+    .unwrap();
+    api.create(&kube::api::PostParams::default(), &evil).await.unwrap();
+    // Both are processed (refused with a reason)...
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(k.clone(), "shop");
+    for name in ["hijack", "evil"] {
+        let event = eventually(&format!("an Event on {name}"), Duration::from_secs(60), || async {
+            reg.assert_running();
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some(name))
+        })
+        .await;
+        assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"), "{name}");
+    }
+    // ... and the agent has synced since (a new n1 workload is served): still no n2 SVID.
+    cli(&["entry", "create", "-parentID", alias1, "-spiffeID", "spiffe://example.org/w1b", "-selector", &me]);
+    let w1b = "spiffe://example.org/w1b".to_string();
+    let served = eventually("the agent synced again", SVID_WAIT, || async {
+        let s = served_to_me(&stack);
+        s.contains(&w1b).then_some(s)
+    })
+    .await;
+    assert!(!served.contains(&w2), "n1's agent was served n2's workload: {served:?}");
+    let aliases = stack.spire.cli_entries();
+    let hijacking = aliases.iter().filter(|e| {
+        e["spiffe_id"]["path"] == "/k8s-workload-registrar/c1/node/n2"
+            && e["parent_id"]["path"] != "/spire/server"
+    });
+    assert_eq!(hijacking.count(), 0, "no workload entry holds n2's alias");
+
+    // The check can fail: the entry the registrar refused to write does hand n2's SVIDs over.
+    cli(&["entry", "create", "-parentID", alias1, "-spiffeID", alias2, "-selector", "unix:uid:424243"]);
+    eventually("the hijack works when the entry exists", SVID_WAIT, || async {
+        served_to_me(&stack).contains(&w2).then_some(())
+    })
+    .await;
+    drop(reg);
+}
