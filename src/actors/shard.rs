@@ -34,7 +34,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::{
     registrar::RegistrarMsg,
-    spire_pool::{OpOutcome, PoolMsg},
+    spire_pool::{Fence, OpOutcome, PoolMsg},
 };
 use crate::{
     diff::{EntryOp, diff},
@@ -299,7 +299,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     let reply = state
         .args
         .pool
-        .call(|reply| PoolMsg::Apply { ops, epoch: leadership.epoch, reply }, POOL_TIMEOUT)
+        .call(|reply| PoolMsg::Apply { ops, fence: Fence::Epoch(leadership.epoch), reply }, POOL_TIMEOUT)
         .await;
     let outcomes = match reply {
         Ok(Ok(outcomes)) => outcomes,

@@ -9,10 +9,13 @@
 //! * Messages nobody: replies go straight from the worker to the caller's reply port.
 //!
 //! # Fencing
-//! Every `Apply` carries the leadership epoch under which its ops were computed. A worker checks
-//! the current [`Leadership`](crate::leadership::Leadership) immediately before each batch call
-//! and refuses the rest of the ops once this replica is no longer leading in that epoch, so a
-//! deposed leader's queued writes never reach SPIRE.
+//! Every `Apply` carries a [`Fence`]. Leader-gated writers send `Fence::Epoch` with the leadership
+//! epoch under which their ops were computed: a worker checks the current
+//! [`Leadership`](crate::leadership::Leadership) immediately before each batch call and refuses
+//! the rest of the ops once this replica is no longer leading in that epoch, so a deposed
+//! leader's queued writes never reach SPIRE. Webhook admissions send `Fence::Admission`: every
+//! replica answers admissions, so they are the one unfenced writer; they run concurrently, each
+//! in its own task on the pool's client, never queued behind anti-entropy work.
 
 use std::time::Instant;
 
@@ -24,6 +27,15 @@ use crate::{
     model::Entry,
     spire::{ItemError, ListFilter, SpireClient},
 };
+
+/// What a write must satisfy to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// Only while this replica leads in this epoch (checked before every batch).
+    Epoch(u64),
+    /// An admission answer: sent by whichever replica the API server asked (see the header).
+    Admission,
+}
 
 /// Why an `Apply` did not run (or stopped part-way).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,9 +67,11 @@ pub enum PoolMsg {
     Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
     Apply {
         ops: Vec<EntryOp>,
-        epoch: u64,
+        fence: Fence,
         reply: RpcReplyPort<ApplyReply>,
     },
+    /// A read for an admission: answered concurrently, like admission writes.
+    AdmissionList(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
     /// Test-only fault injection: `None` fails the pool itself, `Some(i)` worker `i`.
     #[cfg(feature = "fault-injection")]
     Fail(Option<usize>),
@@ -126,8 +140,20 @@ impl Actor for SpirePool {
         match msg {
             PoolMsg::List(filter, reply) => state.pick().cast(WorkerMsg::List(filter, reply))?,
             PoolMsg::Get(id, reply) => state.pick().cast(WorkerMsg::Get(id, reply))?,
-            PoolMsg::Apply { ops, epoch, reply } => {
+            PoolMsg::Apply { ops, fence: Fence::Epoch(epoch), reply } => {
                 state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?
+            }
+            PoolMsg::Apply { ops, fence: Fence::Admission, reply } => {
+                let (client, leadership) = (state.args_client.clone(), state.leadership.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(apply(&client, &leadership, ops, Fence::Admission).await);
+                });
+            }
+            PoolMsg::AdmissionList(filter, reply) => {
+                let client = state.args_client.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(client.list_entries(&filter).await.map_err(|e| e.to_string()));
+                });
             }
             #[cfg(feature = "fault-injection")]
             PoolMsg::Fail(None) => return Err("fault injected into the SPIRE pool".into()),
@@ -215,7 +241,7 @@ impl Actor for SpireWorker {
                 let _ = reply.send(state.client.get_entry(&id).await.map_err(|e| e.to_string()));
             }
             WorkerMsg::Apply { ops, epoch, reply } => {
-                let _ = reply.send(apply(&state.client, &state.leadership, ops, epoch).await);
+                let _ = reply.send(apply(&state.client, &state.leadership, ops, Fence::Epoch(epoch)).await);
             }
             #[cfg(feature = "fault-injection")]
             WorkerMsg::Fail => return Err("fault injected into a SPIRE worker".into()),
@@ -224,14 +250,25 @@ impl Actor for SpireWorker {
     }
 }
 
-fn fenced(leadership: &LeadershipRx, epoch: u64) -> bool {
-    let now = *leadership.borrow();
-    !(now.leading && now.epoch == epoch)
+/// Why a write under `fence` may not be sent now, if it may not.
+fn refusal(leadership: &LeadershipRx, fence: Fence) -> Option<ApplyError> {
+    match fence {
+        Fence::Epoch(epoch) => {
+            let now = *leadership.borrow();
+            (!(now.leading && now.epoch == epoch)).then_some(ApplyError::Fenced(epoch))
+        }
+        Fence::Admission => None,
+    }
 }
 
 /// Deletes first (they can only reduce conflicts), then updates, then creates; each kind in
 /// batches, with the fencing check before every batch.
-async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp>, epoch: u64) -> ApplyReply {
+async fn apply(
+    client: &SpireClient,
+    leadership: &LeadershipRx,
+    ops: Vec<EntryOp>,
+    fence: Fence,
+) -> ApplyReply {
     let start = Instant::now();
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
@@ -248,8 +285,8 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
     let mut out = Vec::new();
     let spire_err = |e: crate::spire::Error| ApplyError::Spire(e.to_string());
     if !deletes.is_empty() {
-        if fenced(leadership, epoch) {
-            return Err(ApplyError::Fenced(epoch));
+        if let Some(refused) = refusal(leadership, fence) {
+            return Err(refused);
         }
         for (id, r) in deletes.iter().zip(client.delete_entries(&deletes).await.map_err(spire_err)?) {
             out.push(match r {
@@ -259,8 +296,8 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         }
     }
     if !updates.is_empty() {
-        if fenced(leadership, epoch) {
-            return Err(ApplyError::Fenced(epoch));
+        if let Some(refused) = refusal(leadership, fence) {
+            return Err(refused);
         }
         for (entry, r) in updates.iter().zip(client.update_entries(&updates).await.map_err(spire_err)?) {
             out.push(match r {
@@ -273,8 +310,8 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         }
     }
     if !creates.is_empty() {
-        if fenced(leadership, epoch) {
-            return Err(ApplyError::Fenced(epoch));
+        if let Some(refused) = refusal(leadership, fence) {
+            return Err(refused);
         }
         for (spec, r) in creates.iter().zip(client.create_entries(&creates).await.map_err(spire_err)?) {
             out.push(match r {
@@ -284,8 +321,8 @@ async fn apply(client: &SpireClient, leadership: &LeadershipRx, ops: Vec<EntryOp
         }
     }
     if !creates_with_ids.is_empty() {
-        if fenced(leadership, epoch) {
-            return Err(ApplyError::Fenced(epoch));
+        if let Some(refused) = refusal(leadership, fence) {
+            return Err(refused);
         }
         let results = client.create_entries_with_ids(&creates_with_ids).await.map_err(spire_err)?;
         for (entry, r) in creates_with_ids.iter().zip(results) {
@@ -348,16 +385,19 @@ mod tests {
         let ops = vec![EntryOp::Create(spec()), EntryOp::Delete { id: "x".into() }];
         // Not leading.
         assert!(matches!(
-            apply(&unreachable_client(), &rx, ops.clone(), 3).await,
+            apply(&unreachable_client(), &rx, ops.clone(), Fence::Epoch(3)).await,
             Err(ApplyError::Fenced(3))
         ));
         // Leading again, but in a newer epoch: ops computed under epoch 3 are stale.
         tx.send(Leadership { leading: true, epoch: 4 }).unwrap();
         assert!(matches!(
-            apply(&unreachable_client(), &rx, ops.clone(), 3).await,
+            apply(&unreachable_client(), &rx, ops.clone(), Fence::Epoch(3)).await,
             Err(ApplyError::Fenced(3))
         ));
         // The current epoch passes the fence (and then fails at the unreachable server).
-        assert!(matches!(apply(&unreachable_client(), &rx, ops, 4).await, Err(ApplyError::Spire(_))));
+        assert!(matches!(
+            apply(&unreachable_client(), &rx, ops, Fence::Epoch(4)).await,
+            Err(ApplyError::Spire(_))
+        ));
     }
 }

@@ -63,8 +63,6 @@ pub enum Error {
     ActorSystemStopped,
     #[error("webhook: {0}")]
     Webhook(#[from] crate::webhook::Error),
-    #[error("creating the cluster entry {id}: {reason}")]
-    ClusterEntry { id: String, reason: String },
 }
 
 /// The process-wide Prometheus recorder, installed on first use (a process can only have one;
@@ -169,13 +167,18 @@ pub async fn run(
         leadership: leadership.clone(),
         readiness: readiness.clone(),
     };
-    let mut specs = vec![pool_child(spire.clone(), leadership.clone(), shared.pool.clone())];
+    // Webhook mode: short per-call deadlines, so admissions answer inside the API server's timeout.
+    let pool_client = match &cfg.mode {
+        Mode::Webhook(_) => spire.clone().with_timeout(crate::webhook::admission::CALL_TIMEOUT),
+        _ => spire.clone(),
+    };
+    let mut specs = vec![pool_child(pool_client, leadership.clone(), shared.pool.clone())];
     if let Some((config, tx)) = election {
         specs.push(leader_child(LeaderArgs { client: client.clone(), config, tx }));
     }
     let mode = match &cfg.mode {
         Mode::Reconcile(rc) => reconcile::tree(cfg, rc, &shared)?,
-        Mode::Webhook(wc) => webhook::tree(cfg, wc, &shared, &spire).await?,
+        Mode::Webhook(wc) => webhook::tree(cfg, wc, &shared).await?,
         Mode::Crd(cc) => crd::tree(cfg, cc, &shared).await?,
     };
     specs.extend(mode.children);

@@ -1,6 +1,7 @@
-//! Webhook mode's children: the reconcile `Backstop` and the admission server (a `Task`). The
-//! cluster entry is ensured before anything starts. The pool, the Leader (whenever the
-//! registrar's namespace is known) and the HTTP endpoint are added by `app::run`.
+//! Webhook mode's children: the reconcile `Backstop` (which also keeps the cluster entry) and the
+//! admission server (a `Task`). The pool, the Leader (whenever the registrar's namespace is
+//! known) and the HTTP endpoint are added by `app::run`; both children reach SPIRE through the
+//! pool.
 //!
 //! Admissions are the one unfenced writer: every replica answers them (see `webhook::admission`).
 
@@ -13,7 +14,6 @@ use crate::{
     actors::root::ChildSpec,
     config::{Config, WebhookConfig},
     identity::Naming,
-    spire::SpireClient,
     webhook::{
         admission,
         backstop::{Backstop, BackstopArgs},
@@ -35,14 +35,7 @@ pub(super) fn preflight(wc: &WebhookConfig) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) async fn tree(
-    cfg: &Config,
-    wc: &WebhookConfig,
-    shared: &Shared,
-    spire: &SpireClient,
-) -> Result<ModeTree, Error> {
-    // Short per-call deadline: admissions must answer inside the API server's timeout.
-    let spire = spire.clone().with_timeout(admission::CALL_TIMEOUT);
+pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> Result<ModeTree, Error> {
     let naming = Arc::new(Naming {
         trust_domain: cfg.trust_domain.clone(),
         cluster: cfg.cluster.clone(),
@@ -63,20 +56,9 @@ pub(super) async fn tree(
     }
     let listener = Arc::new(server::bind(wc.addr).await?.into_std().map_err(Error::Listen)?);
 
-    // The one cluster-wide node entry every agent of the cluster matches.
-    let cluster_entry = naming.webhook_cluster_entry()?;
-    let failed = |reason: String| Error::ClusterEntry { id: cluster_entry.spiffe_id.to_string(), reason };
-    match spire.create_entries(std::slice::from_ref(&cluster_entry)).await?.pop() {
-        Some(Ok(e)) => {
-            tracing::info!(spiffe_id = %e.spec.spiffe_id, entry_id = %e.id, "Cluster entry in place.")
-        }
-        Some(Err(item)) => return Err(failed(item.to_string())),
-        None => return Err(failed("no result".into())),
-    }
-
     let backstop = BackstopArgs {
         naming: naming.clone(),
-        spire: spire.clone(),
+        pool: shared.pool.clone(),
         client: shared.client.clone(),
         leadership: shared.leadership.clone(),
         interval: wc.resync_interval,
@@ -91,7 +73,8 @@ pub(super) async fn tree(
         use crate::webhook::backstop::BackstopMsg;
         let _ = ractor::ActorRef::<BackstopMsg>::from(cell).cast(BackstopMsg::Fail);
     });
-    let admit = admission::Admission { naming, spire, pods: Some(shared.client.clone()) }.into_admit();
+    let admit = admission::Admission { naming, pool: shared.pool.clone(), pods: Some(shared.client.clone()) }
+        .into_admit();
     let router = handler::router(admit);
     tracing::info!(addr = %wc.addr, cluster = %cfg.cluster, "Serving /validate.");
     let server = task_child("admission_server", server::DRAIN_TIMEOUT, move |shutdown| {

@@ -45,7 +45,7 @@ use super::{
 use crate::{
     actors::{
         PoolHandle,
-        spire_pool::{ApplyError, OpOutcome, PoolMsg},
+        spire_pool::{ApplyError, Fence, OpOutcome, PoolMsg},
     },
     diff::EntryOp,
     k8s::events::{EventSink, Reason},
@@ -117,7 +117,7 @@ impl Ctx {
     async fn write(&self, op: EntryOp, epoch: u64) -> Result<Result<Option<Entry>, ItemError>, Error> {
         let reply = self
             .pool
-            .call(|reply| PoolMsg::Apply { ops: vec![op], epoch, reply }, POOL_TIMEOUT)
+            .call(|reply| PoolMsg::Apply { ops: vec![op], fence: Fence::Epoch(epoch), reply }, POOL_TIMEOUT)
             .await
             .map_err(|e| Error::Spire(e.to_string()))?;
         match reply {

@@ -21,15 +21,23 @@ use kube::Api;
 
 use super::{Admit, Operation, Request, Verdict};
 use crate::{
+    actors::{
+        PoolHandle,
+        spire_pool::{ApplyReply, Fence, OpOutcome, PoolMsg},
+    },
+    diff::EntryOp,
     identity::{Naming, pod_selectors},
     k8s::convert,
-    spire::{ListFilter, SpireClient},
+    model::Entry,
+    spire::ListFilter,
 };
 
 /// The admission logic with its outside world.
 pub struct Admission {
     pub naming: Arc<Naming>,
-    pub spire: SpireClient,
+    /// SPIRE, through the pool: admissions are its `Fence::Admission` writers, answered
+    /// concurrently.
+    pub pool: PoolHandle,
     /// Used on DELETE to tell a new incarnation of a pod from the one being deleted.
     pub pods: Option<kube::Client>,
 }
@@ -94,18 +102,14 @@ impl Admission {
         if req.dry_run {
             return Verdict::Allow;
         }
-        match self.spire.create_entries(std::slice::from_ref(&spec)).await {
+        match self.apply(vec![EntryOp::Create(spec.clone())]).await {
             Ok(mut results) => match results.pop() {
-                Some(Ok(entry)) => {
-                    metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "ok")
-                        .increment(1);
+                Some(OpOutcome::Created(entry)) => {
                     tracing::info!(namespace = %info.namespace, pod = %info.name, spiffe_id = %entry.spec.spiffe_id,
                         entry_id = %entry.id, "Entry created.");
                     Verdict::Allow
                 }
-                Some(Err(item)) => {
-                    metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "failed")
-                        .increment(1);
+                Some(OpOutcome::Failed { error: item, .. }) => {
                     if item.is_permanent() {
                         // No retry can fix it: tell the user why, rather than HTTP 500.
                         metrics::counter!("registrar_invalid_identity_total", "reason" => "spire_rejected")
@@ -117,10 +121,27 @@ impl Admission {
                     }
                     Verdict::Error(format!("SPIRE rejected the entry for {}: {item}", spec.spiffe_id))
                 }
-                None => Verdict::Error("SPIRE returned no result".into()),
+                _ => Verdict::Error("SPIRE returned no result".into()),
             },
             Err(e) => Verdict::Error(format!("SPIRE unavailable: {e}")),
         }
+    }
+
+    /// Writes through the pool under `Fence::Admission`.
+    async fn apply(&self, ops: Vec<EntryOp>) -> Result<Vec<OpOutcome>, String> {
+        let reply: ApplyReply = self
+            .pool
+            .call(|reply| PoolMsg::Apply { ops, fence: Fence::Admission, reply }, POOL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        reply.map_err(|e| e.to_string())
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Entry>, String> {
+        self.pool
+            .call(|reply| PoolMsg::AdmissionList(filter, reply), POOL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     async fn delete(&self, req: &Request) -> Verdict {
@@ -151,7 +172,7 @@ impl Admission {
         }
         let selectors: Vec<_> = pod_selectors(&req.namespace, &req.name).into_iter().collect();
         let filter = ListFilter { by_selectors: Some(selectors), ..Default::default() };
-        let entries = match self.spire.list_entries(&filter).await {
+        let entries = match self.list(filter).await {
             Ok(e) => e,
             Err(e) => return Verdict::Error(format!("SPIRE unavailable: {e}")),
         };
@@ -161,14 +182,18 @@ impl Admission {
         if ids.is_empty() {
             return Verdict::Allow;
         }
-        match self.spire.delete_entries(&ids).await {
+        let count = ids.len();
+        match self.apply(ids.into_iter().map(|id| EntryOp::Delete { id }).collect()).await {
             Ok(results) => {
-                let failed: Vec<String> =
-                    results.iter().filter_map(|r| r.as_ref().err()).map(ToString::to_string).collect();
-                metrics::counter!("registrar_entry_ops_total", "op" => "delete", "outcome" => "ok")
-                    .increment((ids.len() - failed.len()) as u64);
+                let failed: Vec<String> = results
+                    .iter()
+                    .filter_map(|r| match r {
+                        OpOutcome::Failed { error, .. } => Some(error.to_string()),
+                        _ => None,
+                    })
+                    .collect();
                 if failed.is_empty() {
-                    tracing::info!(namespace = %req.namespace, pod = %req.name, entries = ids.len(), "Entries deleted.");
+                    tracing::info!(namespace = %req.namespace, pod = %req.name, entries = count, "Entries deleted.");
                     Verdict::Allow
                 } else {
                     Verdict::Error(format!("deleting entries failed: {}", failed.join("; ")))
@@ -179,6 +204,10 @@ impl Admission {
     }
 }
 
-/// How long one admission may wait for SPIRE in total; below the API server's default webhook
-/// timeout (10 s), so an unavailable SPIRE yields an answer rather than a timeout.
+/// How long one SPIRE call of an admission may take (the pool's client deadline in webhook mode);
+/// below the API server's default webhook timeout (10 s), so an unavailable SPIRE yields an
+/// answer rather than a timeout.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long an admission waits for the pool's answer (one call, with its retries).
+const POOL_TIMEOUT: Duration = Duration::from_secs(8);

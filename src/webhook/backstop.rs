@@ -20,14 +20,21 @@ use kube::{Api, api::ListParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::{
+    actors::{
+        PoolHandle,
+        spire_pool::{Fence, OpOutcome, PoolMsg},
+    },
     diff::{EntryOp, diff},
     identity::Naming,
     k8s::convert,
     leadership::LeadershipRx,
     model::{Entry, EntrySpec},
     readiness::Readiness,
-    spire::{ItemError, ListFilter, SpireClient},
+    spire::ListFilter,
 };
+
+/// Long enough for a pass against a slow server; the pool's workers bound each RPC themselves.
+const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub enum BackstopMsg {
     Tick,
@@ -39,7 +46,8 @@ pub enum BackstopMsg {
 #[derive(Clone)]
 pub struct BackstopArgs {
     pub naming: Arc<Naming>,
-    pub spire: SpireClient,
+    /// SPIRE, through the pool (writes fenced by the leadership epoch).
+    pub pool: PoolHandle,
     pub client: kube::Client,
     pub leadership: LeadershipRx,
     pub interval: Duration,
@@ -93,17 +101,12 @@ impl Actor for Backstop {
 
 async fn owned_entries(args: &BackstopArgs) -> Result<Vec<Entry>, String> {
     let cluster_id = args.naming.webhook_cluster_id().map_err(|e| e.to_string())?;
-    let mut entries = args
-        .spire
-        .list_entries(&ListFilter { by_parent_id: Some(cluster_id.clone()), ..Default::default() })
-        .await
-        .map_err(|e| e.to_string())?;
-    let cluster = args
-        .spire
-        .list_entries(&ListFilter { by_spiffe_id: Some(cluster_id), ..Default::default() })
-        .await
-        .map_err(|e| e.to_string())?;
-    entries.extend(cluster);
+    let list = |filter: ListFilter| async move {
+        args.pool.call(|reply| PoolMsg::List(filter, reply), POOL_TIMEOUT).await.map_err(|e| e.to_string())?
+    };
+    let mut entries =
+        list(ListFilter { by_parent_id: Some(cluster_id.clone()), ..Default::default() }).await?;
+    entries.extend(list(ListFilter { by_spiffe_id: Some(cluster_id), ..Default::default() }).await?);
     entries.retain(|e| args.naming.webhook_owns(&e.spec));
     Ok(entries)
 }
@@ -137,62 +140,52 @@ async fn pass(state: &mut BackstopState) -> Result<(), String> {
     state.rejected.retain(|spec| desired.contains(spec));
     let mut ops = diff(&desired, &actual);
     ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
-    let mut deletes = Vec::new();
-    let mut updates = Vec::new();
-    let mut creates = Vec::new();
+    // Deletes wait for a second pass (see the header); the pool applies the rest in order,
+    // fenced by the epoch this pass was computed in.
+    let mut writes = Vec::new();
     let mut suspects = HashSet::new();
     for op in ops {
         match op {
             EntryOp::Delete { id } => {
                 if state.suspects.contains(&id) {
-                    deletes.push(id.clone());
+                    writes.push(EntryOp::Delete { id: id.clone() });
                 }
                 suspects.insert(id);
             }
-            EntryOp::Update { id, spec } => updates.push(Entry { id, spec }),
-            EntryOp::Create(spec) => creates.push(spec),
-            EntryOp::CreateWithId { .. } => {} // never produced by diff
+            other => writes.push(other),
         }
     }
     state.suspects = suspects;
-    // Fencing: stop if leadership changed while we computed.
-    let fenced = || {
-        let now = *args.leadership.borrow();
-        !(now.leading && now.epoch == leadership.epoch)
-    };
-    let count = |op: &'static str, results: &[bool]| {
-        let ok = results.iter().filter(|r| **r).count() as u64;
-        metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => "ok").increment(ok);
-        metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => "failed")
-            .increment(results.len() as u64 - ok);
-    };
-    if !deletes.is_empty() && !fenced() {
-        let r = args.spire.delete_entries(&deletes).await.map_err(|e| e.to_string())?;
-        count("delete", &r.iter().map(Result::is_ok).collect::<Vec<_>>());
-        tracing::info!(entries = deletes.len(), "Backstop removed entries of pods that are gone.");
-        for id in &deletes {
-            state.suspects.remove(id);
+    if !writes.is_empty() {
+        let fence = Fence::Epoch(leadership.epoch);
+        let outcomes = args
+            .pool
+            .call(|reply| PoolMsg::Apply { ops: writes, fence, reply }, POOL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for outcome in outcomes {
+            match outcome {
+                OpOutcome::Deleted(id) => {
+                    state.suspects.remove(&id);
+                    tracing::info!(entry_id = %id, "Backstop removed the entry of a pod that is gone.");
+                }
+                OpOutcome::Created(e) => {
+                    tracing::info!(entry_id = %e.id, spiffe_id = %e.spec.spiffe_id, "Backstop created a missing entry.")
+                }
+                OpOutcome::Updated(_) => {}
+                // A spec SPIRE refuses for good is logged once and not sent again until it changes.
+                OpOutcome::Failed { op, error } => {
+                    if let Some(spec) = op.spec()
+                        && error.is_permanent()
+                        && state.rejected.insert(spec.clone())
+                    {
+                        tracing::warn!(spiffe_id = %spec.spiffe_id, error = %error,
+                            "SPIRE refused an entry for good; not retried until it changes.");
+                    }
+                }
+            }
         }
-    }
-    // A spec SPIRE refuses for good is logged once and not sent again until it changes.
-    let mut refused = |spec: &EntrySpec, r: &Result<Entry, ItemError>| {
-        if let Err(e) = r
-            && e.is_permanent()
-            && state.rejected.insert(spec.clone())
-        {
-            tracing::warn!(spiffe_id = %spec.spiffe_id, error = %e, "SPIRE refused an entry for good; not retried until it changes.");
-        }
-    };
-    if !updates.is_empty() && !fenced() {
-        let r = args.spire.update_entries(&updates).await.map_err(|e| e.to_string())?;
-        count("update", &r.iter().map(Result::is_ok).collect::<Vec<_>>());
-        updates.iter().zip(&r).for_each(|(e, r)| refused(&e.spec, r));
-    }
-    if !creates.is_empty() && !fenced() {
-        let r = args.spire.create_entries(&creates).await.map_err(|e| e.to_string())?;
-        count("create", &r.iter().map(Result::is_ok).collect::<Vec<_>>());
-        creates.iter().zip(&r).for_each(|(spec, r)| refused(spec, r));
-        tracing::info!(entries = creates.len(), "Backstop created missing entries.");
     }
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
     args.readiness.set_converged(leadership.epoch);
