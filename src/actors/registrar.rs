@@ -33,9 +33,9 @@ use tokio::task::JoinHandle;
 
 use super::{
     PoolHandle, RestartBudget,
-    shard::{NodeShard, Pending, ShardArgs, ShardMsg, enqueue},
+    shard::{NodeShard, Pending, ShardArgs, ShardEvent, ShardMsg, enqueue},
     spire_pool::PoolMsg,
-    watcher::{WatchKind, Watcher, WatcherArgs, WatcherMsg},
+    watcher::{WatchEvent, WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
 use crate::{
     identity::Naming,
@@ -66,13 +66,10 @@ impl FaultTarget {
 }
 
 pub enum RegistrarMsg {
-    NodesTouched(BTreeSet<String>),
-    AllNodesTouched,
-    WatcherSynced(WatchKind),
-    ShardSynced {
-        node: String,
-        empty: bool,
-    },
+    /// From a watcher (which knows only `WatchEvent`).
+    Watch(WatchEvent),
+    /// From a shard (which knows only `ShardEvent`).
+    Shard(ShardEvent),
     Leadership(Leadership),
     ResyncTick,
     Bootstrap,
@@ -86,6 +83,38 @@ pub enum RegistrarMsg {
     Inject(FaultTarget),
     /// Graceful shutdown: stop every child, then reply.
     Shutdown(ractor::RpcReplyPort<()>),
+}
+
+impl From<WatchEvent> for RegistrarMsg {
+    fn from(e: WatchEvent) -> Self {
+        RegistrarMsg::Watch(e)
+    }
+}
+
+impl TryFrom<RegistrarMsg> for WatchEvent {
+    type Error = ();
+    fn try_from(m: RegistrarMsg) -> Result<Self, ()> {
+        match m {
+            RegistrarMsg::Watch(e) => Ok(e),
+            _ => Err(()),
+        }
+    }
+}
+
+impl From<ShardEvent> for RegistrarMsg {
+    fn from(e: ShardEvent) -> Self {
+        RegistrarMsg::Shard(e)
+    }
+}
+
+impl TryFrom<RegistrarMsg> for ShardEvent {
+    type Error = ();
+    fn try_from(m: RegistrarMsg) -> Result<Self, ()> {
+        match m {
+            RegistrarMsg::Shard(e) => Ok(e),
+            _ => Err(()),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -158,7 +187,7 @@ impl RegistrarState {
             pool: self.args.pool.clone(),
             leadership: self.args.leadership.clone(),
             events: self.args.events.clone(),
-            registrar: myself.clone(),
+            notify: myself.get_derived(),
             pending: Pending::default(),
         }
     }
@@ -182,7 +211,7 @@ async fn spawn_watcher(
         kind,
         client: state.args.client.clone(),
         cache: state.args.cache.clone(),
-        registrar: myself.clone(),
+        notify: myself.get_derived(),
         kube: state.args.readiness.kube.clone(),
     };
     let (w, _) = Actor::spawn_linked(None, Watcher, args, myself.get_cell()).await?;
@@ -260,7 +289,7 @@ impl Actor for Registrar {
         state: &mut RegistrarState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegistrarMsg::NodesTouched(nodes) => {
+            RegistrarMsg::Watch(WatchEvent::NodesTouched(nodes)) => {
                 if state.bootstrapped.is_none() {
                     return Ok(()); // the initial read will cover every node
                 }
@@ -274,8 +303,8 @@ impl Actor for Registrar {
                 }
                 metrics::gauge!("registrar_pods").set(state.args.cache.pod_count() as f64);
             }
-            RegistrarMsg::AllNodesTouched => state.poke(None, || ShardMsg::Sync),
-            RegistrarMsg::WatcherSynced(kind) => {
+            RegistrarMsg::Watch(WatchEvent::AllNodesTouched) => state.poke(None, || ShardMsg::Sync),
+            RegistrarMsg::Watch(WatchEvent::Synced(kind)) => {
                 tracing::info!(kind = kind.label(), "Initial list done.");
                 state.synced.insert(kind);
                 maybe_bootstrap(&myself, state).await;
@@ -295,7 +324,7 @@ impl Actor for Registrar {
                 }
                 bootstrap_read(&myself, state, epoch, entries).await;
             }
-            RegistrarMsg::ShardSynced { node, empty } => {
+            RegistrarMsg::Shard(ShardEvent::Synced { node, empty }) => {
                 if empty && state.args.cache.node(&node).is_none() {
                     // The node is gone and so are its entries: the shard has nothing left to own.
                     if let Some((shard, pending)) = state.shards.remove(&node) {

@@ -4,7 +4,8 @@
 //! * Owns: `actual`, its last known copy of those entries in SPIRE (`None` = unknown, read it
 //!   before the next diff), and the set of identity problems already reported as Events.
 //! * Reads: the shared [`ClusterCache`] (pods on this node, the node, EndpointSlices).
-//! * Messages: the SPIRE pool (`List`, `Apply`); the registrar (`ShardSynced`).
+//! * Messages: the SPIRE pool (`List`, `Apply`); its supervisor, through [`ShardEvent`] only (a
+//!   `DerivedActorRef`).
 //!
 //! Desired state: if the node exists in the cache, its node entry plus one entry per pod on it
 //! that should have one (see `identity`); if the node does not exist, nothing — so deleting a node
@@ -32,10 +33,7 @@ use std::{
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::{
-    registrar::RegistrarMsg,
-    spire_pool::{Fence, OpOutcome, PoolMsg},
-};
+use super::spire_pool::{Fence, OpOutcome, PoolMsg};
 use crate::{
     diff::{EntryOp, diff},
     identity::{EndpointSliceInfo, IdentityError, Naming},
@@ -60,6 +58,13 @@ pub enum ShardMsg {
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
     #[cfg(feature = "fault-injection")]
     Fail,
+}
+
+/// What a shard tells its supervisor.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// A sync finished; `empty` when the shard owns no entries any more.
+    Synced { node: String, empty: bool },
 }
 
 /// Sync/Resync messages queued for one shard and not yet started. Senders `add` before they
@@ -120,7 +125,8 @@ pub struct ShardArgs {
     pub pool: super::PoolHandle,
     pub leadership: LeadershipRx,
     pub events: EventSink,
-    pub registrar: ActorRef<RegistrarMsg>,
+    /// Where the shard reports (the registrar).
+    pub notify: ractor::DerivedActorRef<ShardEvent>,
     pub pending: Pending,
 }
 
@@ -348,7 +354,7 @@ fn finish(state: &mut ShardState, start: std::time::Instant) {
     state.backoff = Duration::from_millis(500);
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
     let empty = state.actual.as_ref().is_some_and(Vec::is_empty);
-    let _ = state.args.registrar.cast(RegistrarMsg::ShardSynced { node: state.args.node.clone(), empty });
+    let _ = state.args.notify.send_message(ShardEvent::Synced { node: state.args.node.clone(), empty });
 }
 
 fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {

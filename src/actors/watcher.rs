@@ -3,7 +3,8 @@
 //! keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
 //!
 //! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer.
-//! * Messages: the registrar (`NodesTouched`, `NodeGone`, `AllNodesTouched`, `WatcherSynced`).
+//! * Messages: its supervisor, through [`WatchEvent`] only (a `DerivedActorRef`: the watcher
+//!   knows nothing else of it).
 //!
 //! # Guarantees
 //! * After a (re)list, objects missing from the new list are removed from the cache, so deletes
@@ -24,12 +25,12 @@ use kube::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use super::registrar::RegistrarMsg;
 use crate::{
     identity::{EndpointSliceInfo, NodeInfo, PodInfo},
     k8s::{cache::ClusterCache, convert},
     readiness::Reachability,
 };
+use ractor::DerivedActorRef;
 
 /// The kinds the registrar watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +48,17 @@ impl WatchKind {
             WatchKind::EndpointSlices => "endpointslices",
         }
     }
+}
+
+/// What a watcher tells its supervisor.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Objects on these nodes changed (or the nodes themselves).
+    NodesTouched(std::collections::BTreeSet<String>),
+    /// Something every node's entries may depend on changed (an EndpointSlice, a relist).
+    AllNodesTouched,
+    /// The first list of this kind is in the cache.
+    Synced(WatchKind),
 }
 
 /// A stripped object or a change, as produced by the stream task.
@@ -75,7 +87,8 @@ pub struct WatcherArgs {
     pub kind: WatchKind,
     pub client: kube::Client,
     pub cache: ClusterCache,
-    pub registrar: ActorRef<RegistrarMsg>,
+    /// Where change notices go (the registrar).
+    pub notify: DerivedActorRef<WatchEvent>,
     /// Told of every watch error and every answer, for `/readyz`.
     pub kube: Reachability,
 }
@@ -155,7 +168,7 @@ impl Actor for Watcher {
                 apply(&state.args, delta)?;
                 if relist && !state.synced {
                     state.synced = true;
-                    state.args.registrar.cast(RegistrarMsg::WatcherSynced(kind))?;
+                    state.args.notify.send_message(WatchEvent::Synced(kind))?;
                 }
             }
             WatcherMsg::StreamEnded => return Err(format!("{} watch stream ended", kind.label()).into()),
@@ -195,12 +208,12 @@ fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
         }
         Delta::Slices(ss) => {
             cache.replace_slices(ss);
-            args.registrar.cast(RegistrarMsg::AllNodesTouched)?;
+            args.notify.send_message(WatchEvent::AllNodesTouched)?;
             BTreeSet::new()
         }
     };
     if !touched.is_empty() {
-        args.registrar.cast(RegistrarMsg::NodesTouched(touched))?;
+        args.notify.send_message(WatchEvent::NodesTouched(touched))?;
     }
     Ok(())
 }
