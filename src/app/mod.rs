@@ -155,6 +155,8 @@ pub async fn run(
         (_, Some(le)) => Some(election_config(le.lock, le.namespace.as_deref(), lock_name)?),
         (_, None) => None,
     };
+    // A write fence-checked while leading must be over before another replica can lead.
+    let write_budget = election.as_ref().map(|c| c.lease_duration.saturating_sub(c.renew_deadline));
     let Writers { election, leadership, _keep_alive } = writers(election);
     if election.is_none() {
         // Without election this replica is the only writer for its whole life.
@@ -171,6 +173,10 @@ pub async fn run(
     let pool_client = match &cfg.mode {
         Mode::Webhook(_) => spire.clone().with_timeout(crate::webhook::admission::CALL_TIMEOUT),
         _ => spire.clone(),
+    };
+    let pool_client = match write_budget {
+        Some(budget) => pool_client.with_write_budget(budget),
+        None => pool_client,
     };
     let mut specs = vec![pool_child(pool_client, leadership.clone(), shared.pool.clone())];
     if let Some((config, tx)) = election {

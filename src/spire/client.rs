@@ -7,7 +7,8 @@
 //! * `ALREADY_EXISTS` on create with the existing entry attached counts as success and returns
 //!   the existing entry; `NOT_FOUND` on delete counts as success (the goal state is reached).
 //! * `UNAVAILABLE` is retried with exponential backoff (`RETRIES` attempts); every call has a
-//!   deadline (`CALL_TIMEOUT`), so a stalled server cannot block a caller forever.
+//!   deadline (`CALL_TIMEOUT`), so a stalled server cannot block a caller forever; a write call
+//!   ends within its write budget, retries included (see [`SpireClient::with_write_budget`]).
 //!
 //! Connecting is lazy: the channel dials on first use and redials after the server restarts,
 //! so the client survives SPIRE server restarts without being rebuilt.
@@ -77,6 +78,8 @@ impl ItemError {
 pub struct SpireClient {
     inner: EntryClient<Channel>,
     timeout: Duration,
+    /// How long one write call may take in all, retries included (see [`SpireClient::with_write_budget`]).
+    write_budget: Duration,
     /// Shared by clones: whether the server has been answering (for `/readyz`).
     reach: Reachability,
 }
@@ -148,7 +151,12 @@ impl SpireClient {
 
     /// For an already-built channel (tests).
     pub fn from_channel(channel: Channel) -> Self {
-        Self { inner: EntryClient::new(channel), timeout: CALL_TIMEOUT, reach: Reachability::default() }
+        Self {
+            inner: EntryClient::new(channel),
+            timeout: CALL_TIMEOUT,
+            write_budget: CALL_TIMEOUT,
+            reach: Reachability::default(),
+        }
     }
 
     /// Whether the server has been answering this client and its clones.
@@ -159,11 +167,23 @@ impl SpireClient {
     /// Overrides the per-call deadline.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.write_budget = self.write_budget.min(timeout);
+        self
+    }
+
+    /// Bounds every write call (BatchCreate/Update/Delete), all its attempts included: each
+    /// attempt's deadline (sent to the server as `grpc-timeout`) ends within `budget` of the
+    /// call's start, and no attempt starts after that. With leader election the pool sets
+    /// `lease_duration − renew_deadline`, so a write fence-checked by a leader is over before any
+    /// other replica can lead (the leader stops at its renew deadline; others wait the whole lease).
+    pub fn with_write_budget(mut self, budget: Duration) -> Self {
+        self.write_budget = budget.min(self.timeout);
         self
     }
 
     /// Runs one RPC with a deadline, retrying `UNAVAILABLE` with backoff, and records its latency
-    /// and outcome (bounded labels: method, outcome).
+    /// and outcome (bounded labels: method, outcome). Writes (`Batch*`) stay within the write
+    /// budget in all.
     async fn call<Req, Resp, F, Fut>(&self, method: &'static str, req: Req, f: F) -> Result<Resp>
     where
         Req: Clone,
@@ -171,15 +191,23 @@ impl SpireClient {
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
     {
         let start = std::time::Instant::now();
+        let budget = if method.starts_with("Batch") { Some(self.write_budget) } else { None };
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
             let mut request = Request::new(req.clone());
-            request.set_timeout(self.timeout);
+            let deadline = match budget {
+                Some(b) => b.saturating_sub(start.elapsed()).min(self.timeout),
+                None => self.timeout,
+            };
+            request.set_timeout(deadline);
+            let retry_fits = |backoff: Duration| budget.is_none_or(|b| start.elapsed() + backoff < b);
             match f(self.inner.clone(), request).await {
                 Ok(resp) => break Ok(resp.into_inner()),
-                Err(status) if status.code() == Code::Unavailable && attempt < RETRIES => {
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < RETRIES && retry_fits(backoff) =>
+                {
                     tracing::debug!(method, attempt, error = %status.message(), "SPIRE unavailable; retrying.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -353,4 +381,42 @@ impl SpireClient {
 
 fn check_count(method: &'static str, sent: usize, got: usize) -> Result<()> {
     if sent == got { Ok(()) } else { Err(Error::ResultCount { method, sent, got }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::id::TrustDomain;
+
+    #[tokio::test]
+    async fn a_write_to_a_server_that_never_answers_ends_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stalled.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Accepts connections and never says a word.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let td = TrustDomain::parse("example.org").unwrap();
+        let spec = EntrySpec {
+            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
+            parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
+            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+            dns_names: Vec::new(),
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        };
+        let budget = Duration::from_millis(300);
+        let client = SpireClient::unix(&path).unwrap().with_write_budget(budget);
+        let start = std::time::Instant::now();
+        let err = client.create_entries(&[spec]).await.unwrap_err();
+        // The bound is the budget plus scheduling slack, far below the 10 s per-call default.
+        assert!(start.elapsed() < budget * 5, "took {:?}: {err}", start.elapsed());
+        assert!(matches!(err, Error::Rpc { method: "BatchCreateEntry", .. }), "{err}");
+    }
 }
