@@ -4,6 +4,7 @@
 //! # Guarantees
 //! * A key is present exactly when the last event the watcher applied said the object exists;
 //!   after a relist, objects missing from the new list are removed (`replace_*`).
+//! * A relist is one step for readers (the new state is swapped in under one write lock).
 //! * Readers get owned copies, never references held across awaits.
 
 use std::{
@@ -75,17 +76,33 @@ impl ClusterCache {
         self.write().detach_pod(&key).into_iter().collect()
     }
 
-    /// Replaces all pods after a (re)list; returns every node whose pods may have changed.
+    /// Replaces all pods after a (re)list, in one step: the new state is built off-lock and
+    /// swapped in under one write lock, so a reader sees the old pods or the new ones, never a
+    /// half-filled cache (which would make a shard delete live pods' entries). Returns the nodes
+    /// whose pods changed; a relist that changes nothing touches no node.
     pub fn replace_pods(&self, pods: Vec<PodInfo>) -> BTreeSet<String> {
-        let mut touched: BTreeSet<String> = self.read().pods_by_node.keys().cloned().collect();
-        {
-            let mut inner = self.write();
-            inner.pods.clear();
-            inner.pods_by_node.clear();
-        }
+        let mut new_pods: HashMap<PodKey, PodInfo> = HashMap::with_capacity(pods.len());
+        let mut by_node: HashMap<String, BTreeSet<PodKey>> = HashMap::new();
         for p in pods {
-            touched.extend(self.upsert_pod(p));
+            let key = (p.namespace.clone(), p.name.clone());
+            if let Some(n) = &p.node_name {
+                by_node.entry(n.clone()).or_default().insert(key.clone());
+            }
+            new_pods.insert(key, p);
         }
+        let mut inner = self.write();
+        let mut touched = BTreeSet::new();
+        let nodes: BTreeSet<&String> = inner.pods_by_node.keys().chain(by_node.keys()).collect();
+        for node in nodes {
+            let (old, new) = (inner.pods_by_node.get(node), by_node.get(node));
+            let same = old == new
+                && old.is_none_or(|keys| keys.iter().all(|k| inner.pods.get(k) == new_pods.get(k)));
+            if !same {
+                touched.insert(node.clone());
+            }
+        }
+        inner.pods = new_pods;
+        inner.pods_by_node = by_node;
         touched
     }
 
@@ -206,5 +223,35 @@ mod tests {
         assert!(c.node("n1").is_none());
         assert_eq!(c.node_names(), BTreeSet::from(["n2".to_string()]));
         assert_eq!(c.nodes_with_pods_in("a"), BTreeSet::from(["n2".to_string()]));
+    }
+
+    #[test]
+    fn a_relist_that_changes_nothing_touches_nothing_and_one_change_touches_its_node() {
+        let c = ClusterCache::default();
+        let pods = vec![pod("a", "p1", Some("n1")), pod("a", "p2", Some("n2")), pod("a", "p3", None)];
+        c.replace_pods(pods.clone());
+        assert_eq!(c.replace_pods(pods.clone()), BTreeSet::new());
+        let mut changed = pods;
+        changed[1].labels.insert("l".into(), "v".into());
+        assert_eq!(c.replace_pods(changed), BTreeSet::from(["n2".to_string()]));
+    }
+
+    #[test]
+    fn readers_never_see_a_half_done_relist() {
+        let c = ClusterCache::default();
+        let pods: Vec<PodInfo> = (0..200).map(|i| pod("a", &format!("p{i}"), Some("n1"))).collect();
+        c.replace_pods(pods.clone());
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    assert_eq!(c.pods_on("n1").len(), 200, "a reader saw a partial cache");
+                }
+            })
+        };
+        for _ in 0..200 {
+            c.replace_pods(pods.clone());
+        }
+        reader.join().unwrap();
     }
 }
