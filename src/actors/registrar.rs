@@ -1,5 +1,7 @@
-//! `Registrar`: reconcile mode's shard supervisor and router, a child of the `Root` (which also
-//! holds the `SpirePool` and the `Leader`).
+//! `Registrar`: the shard supervisor and router of reconcile and webhook modes, a child of the
+//! `Root` (which also holds the `SpirePool` and the `Leader`). Reconcile mode: one shard per node
+//! (watchers of pods, nodes, EndpointSlices); webhook mode: one cluster-wide shard (`CLUSTER`,
+//! a pod watcher) that replaces the old backstop.
 //!
 //! * Owns: its children — one `Watcher` per kind, one `NodeShard` per node — and their restart
 //!   budget.
@@ -33,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     PoolHandle, RestartBudget,
-    shard::{NodeShard, Pending, ShardArgs, ShardEvent, ShardMsg, enqueue},
+    shard::{CLUSTER, NodeShard, Pending, ShardArgs, ShardEvent, ShardMode, ShardMsg, enqueue},
     spire_pool::PoolMsg,
     watcher::{WatchEvent, WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
@@ -119,6 +121,8 @@ impl TryFrom<RegistrarMsg> for ShardEvent {
 
 #[derive(Clone)]
 pub struct RegistrarArgs {
+    /// Per node (reconcile) or one cluster-wide shard (webhook).
+    pub mode: ShardMode,
     pub naming: Arc<Naming>,
     pub client: kube::Client,
     /// The SPIRE pool, a sibling under the `Root`.
@@ -166,6 +170,9 @@ pub struct RegistrarState {
 
 impl RegistrarState {
     fn kinds(&self) -> Vec<WatchKind> {
+        if self.args.mode == ShardMode::Cluster {
+            return vec![WatchKind::Pods];
+        }
         let mut k = vec![WatchKind::Nodes, WatchKind::Pods];
         if self.args.watch_slices {
             k.push(WatchKind::EndpointSlices);
@@ -181,6 +188,7 @@ impl RegistrarState {
     ) -> ShardArgs {
         ShardArgs {
             node: node.to_string(),
+            mode: self.args.mode,
             initial,
             naming: self.args.naming.clone(),
             cache: self.args.cache.clone(),
@@ -289,6 +297,18 @@ impl Actor for Registrar {
         state: &mut RegistrarState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RegistrarMsg::Watch(WatchEvent::PodsChanged) => {
+                metrics::gauge!("registrar_pods").set(state.args.cache.pod_count() as f64);
+                if state.args.mode == ShardMode::Cluster && state.bootstrapped.is_some() {
+                    match state.shards.contains_key(CLUSTER) {
+                        true => state.poke(Some(&BTreeSet::from([CLUSTER.to_string()])), || ShardMsg::Sync),
+                        false => {
+                            spawn_shard(&myself, state, CLUSTER, None).await?;
+                        }
+                    }
+                }
+            }
+            RegistrarMsg::Watch(WatchEvent::NodesTouched(_)) if state.args.mode == ShardMode::Cluster => {}
             RegistrarMsg::Watch(WatchEvent::NodesTouched(nodes)) => {
                 if state.bootstrapped.is_none() {
                     return Ok(()); // the initial read will cover every node
@@ -325,7 +345,7 @@ impl Actor for Registrar {
                 bootstrap_read(&myself, state, epoch, entries).await;
             }
             RegistrarMsg::Shard(ShardEvent::Synced { node, empty }) => {
-                if empty && state.args.cache.node(&node).is_none() {
+                if state.args.mode == ShardMode::PerNode && empty && state.args.cache.node(&node).is_none() {
                     // The node is gone and so are its entries: the shard has nothing left to own.
                     if let Some((shard, pending)) = state.shards.remove(&node) {
                         pending.retire();
@@ -444,12 +464,20 @@ async fn bootstrap_read(
     };
     let mut by_node: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     let naming = state.args.naming.clone();
+    let mode = state.args.mode;
     for e in entries {
-        if let Some(node) = naming.node_of(&e.spec) {
-            by_node.entry(node).or_default().push(e);
+        let scope = match mode {
+            ShardMode::PerNode => naming.node_of(&e.spec),
+            ShardMode::Cluster => naming.webhook_owns(&e.spec).then(|| CLUSTER.to_string()),
+        };
+        if let Some(scope) = scope {
+            by_node.entry(scope).or_default().push(e);
         }
     }
-    let mut nodes: BTreeSet<String> = state.args.cache.node_names();
+    let mut nodes: BTreeSet<String> = match mode {
+        ShardMode::PerNode => state.args.cache.node_names(),
+        ShardMode::Cluster => BTreeSet::from([CLUSTER.to_string()]),
+    };
     nodes.extend(by_node.keys().cloned());
     tracing::info!(
         nodes = nodes.len(),

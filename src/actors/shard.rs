@@ -60,6 +60,23 @@ pub enum ShardMsg {
     Fail,
 }
 
+/// What a shard owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardMode {
+    /// Reconcile mode: one shard per node (its node-alias entry and its pods' entries).
+    PerNode,
+    /// Webhook mode: one shard, [`CLUSTER`], for the cluster entry and every pod's entry.
+    /// Deletions wait [`DELETE_GRACE`]: an admission writes a pod's entry before the API server
+    /// has stored the pod, so an entry can be briefly ahead of the watch.
+    Cluster,
+}
+
+/// The name of webhook mode's one shard.
+pub const CLUSTER: &str = "cluster";
+
+/// How long an owned entry must stay undesired before the cluster shard deletes it.
+pub const DELETE_GRACE: Duration = Duration::from_secs(10);
+
 /// What a shard tells its supervisor.
 #[derive(Debug)]
 pub enum ShardEvent {
@@ -116,7 +133,9 @@ pub fn enqueue(shard: &ActorRef<ShardMsg>, pending: &Pending, msg: ShardMsg) {
 /// Everything a shard needs, cloned from the registrar; cheap handles only.
 #[derive(Clone)]
 pub struct ShardArgs {
+    /// The node this shard owns, or [`CLUSTER`] in [`ShardMode::Cluster`].
     pub node: String,
+    pub mode: ShardMode,
     /// The node's owned entries from the registrar's initial read, when this shard is started
     /// by it; `None` makes the shard read its own entries first.
     pub initial: Option<Vec<Entry>>,
@@ -139,6 +158,8 @@ pub struct ShardState {
     /// Desired specs SPIRE refused for good (see `ItemError::is_permanent`): not sent again while
     /// they stay desired unchanged. Pruned to the desired set on every sync, so it stays bounded.
     rejected: HashSet<EntrySpec>,
+    /// Cluster mode: owned entries found undesired, with when that was first seen.
+    suspects: HashMap<String, std::time::Instant>,
     backoff: Duration,
     retry_scheduled: bool,
 }
@@ -160,6 +181,7 @@ impl Actor for NodeShard {
             args,
             reported: HashSet::new(),
             rejected: HashSet::new(),
+            suspects: HashMap::new(),
             backoff: Duration::from_millis(500),
             retry_scheduled: false,
         })
@@ -194,6 +216,9 @@ impl Actor for NodeShard {
 /// Desired entries for this shard's node, reporting (once per distinct problem) pods whose
 /// identity cannot be formed.
 async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
+    if state.args.mode == ShardMode::Cluster {
+        return desired_cluster(state).await;
+    }
     let a = &state.args;
     let mut out = Vec::new();
     let Some(node) = a.cache.node(&a.node) else { return out };
@@ -261,7 +286,43 @@ async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError)
     state.args.events.pod_warning(namespace, name, &uid, Reason::SpireRejected, msg);
 }
 
+/// Webhook mode: the cluster entry and every running pod's entry (see `identity`).
+async fn desired_cluster(state: &mut ShardState) -> Vec<EntrySpec> {
+    let a = &state.args;
+    let mut out = Vec::new();
+    match a.naming.webhook_cluster_entry() {
+        Ok(spec) => out.push(spec),
+        Err(e) => tracing::warn!(error = %e, "No cluster entry."),
+    }
+    let mut problems = Vec::new();
+    for pod in a.cache.all_pods().into_iter().filter(|p| !p.terminal) {
+        match a.naming.webhook_pod_entry(&pod) {
+            Ok(Some(spec)) => out.push(spec),
+            Ok(None) => {}
+            Err(e) => problems.push((pod, e)),
+        }
+    }
+    for (pod, e) in problems {
+        report(state, &pod.namespace, &pod.name, &pod.uid, e).await;
+    }
+    out
+}
+
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
+    if args.mode == ShardMode::Cluster {
+        let cluster_id = args.naming.webhook_cluster_id().map_err(|e| e.to_string())?;
+        let list = |filter: ListFilter| async move {
+            args.pool
+                .call(|reply| PoolMsg::List(filter, reply), POOL_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let mut entries =
+            list(ListFilter { by_parent_id: Some(cluster_id.clone()), ..Default::default() }).await?;
+        entries.extend(list(ListFilter { by_spiffe_id: Some(cluster_id), ..Default::default() }).await?);
+        entries.retain(|e| args.naming.webhook_owns(&e.spec));
+        return Ok(entries);
+    }
     let root = args.naming.root_id().map_err(|e| e.to_string())?;
     let alias = root.join(&[&args.node]).map_err(|e| e.to_string())?;
     let list = |filter: ListFilter| async move {
@@ -295,6 +356,9 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     state.rejected.retain(|spec| want.contains(spec));
     let mut ops = diff(&want, &actual);
     ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
+    if state.args.mode == ShardMode::Cluster {
+        hold_young_deletes(&mut ops, &mut state.suspects);
+    }
     if ops.is_empty() {
         state.actual = Some(actual);
         finish(state, start);
@@ -348,6 +412,27 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     state.actual = Some(next);
     finish(state, start);
+}
+
+/// Cluster mode's deletion policy: a delete goes out only once its entry has been undesired for
+/// [`DELETE_GRACE`]; suspects that became desired again are forgotten.
+fn hold_young_deletes(ops: &mut Vec<EntryOp>, suspects: &mut HashMap<String, std::time::Instant>) {
+    let now = std::time::Instant::now();
+    let undesired: HashSet<String> = ops
+        .iter()
+        .filter_map(|op| matches!(op, EntryOp::Delete { .. }).then(|| op.entry_id()).flatten())
+        .map(str::to_string)
+        .collect();
+    suspects.retain(|id, _| undesired.contains(id));
+    for id in &undesired {
+        suspects.entry(id.clone()).or_insert(now);
+    }
+    ops.retain(|op| match op {
+        EntryOp::Delete { id } => {
+            suspects.get(id).is_some_and(|since| now.duration_since(*since) >= DELETE_GRACE)
+        }
+        _ => true,
+    });
 }
 
 fn finish(state: &mut ShardState, start: std::time::Instant) {

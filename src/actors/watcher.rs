@@ -59,6 +59,8 @@ pub enum WatchEvent {
     AllNodesTouched,
     /// The first list of this kind is in the cache.
     Synced(WatchKind),
+    /// Some pod changed, scheduled or not (webhook mode's cluster shard needs every one).
+    PodsChanged,
 }
 
 /// A stripped object or a change, as produced by the stream task.
@@ -183,6 +185,9 @@ impl Actor for Watcher {
 
 fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
     let cache = &args.cache;
+    if matches!(delta, Delta::Pod(_) | Delta::PodGone { .. } | Delta::Pods(_)) {
+        args.notify.send_message(WatchEvent::PodsChanged)?;
+    }
     let touched: BTreeSet<String> = match delta {
         Delta::Pod(p) => cache.upsert_pod(*p),
         Delta::PodGone { namespace, name } => cache.remove_pod(&namespace, &name),

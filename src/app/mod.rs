@@ -139,7 +139,7 @@ pub async fn run(
             cc.leader_election.enabled.then_some(&cc.leader_election),
             "k8s-workload-registrar-crd-leader-election".into(),
         ),
-        // The webhook backstop elects a leader whenever it knows its namespace.
+        // Webhook mode's cluster shard elects a leader whenever it knows its namespace.
         Mode::Webhook(_) => (None, "k8s-workload-registrar-webhook-leader-election".into()),
     };
     let election = match (&cfg.mode, election) {
@@ -147,7 +147,7 @@ pub async fn run(
             Some(ns) => Some(election_config(config::LockKind::Leases, Some(&ns), lock_name)?),
             None => {
                 tracing::warn!(
-                    "No namespace known (POD_NAMESPACE); the backstop runs without leader election."
+                    "No namespace known (POD_NAMESPACE); the cluster shard runs without leader election."
                 );
                 None
             }

@@ -10,6 +10,7 @@ use crate::{
     actors::{
         registrar::{FaultTarget, Registrar, RegistrarArgs, RegistrarMsg},
         root::ChildSpec,
+        shard::ShardMode,
     },
     config::{Config, ReconcileConfig},
     identity::Naming,
@@ -27,6 +28,7 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
     });
     naming.validate()?;
     let args = RegistrarArgs {
+        mode: ShardMode::PerNode,
         naming,
         client: shared.client.clone(),
         pool: shared.pool.clone(),
@@ -37,6 +39,12 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         events: EventSink::new(shared.client.clone(), &rc.controller_name),
         readiness: shared.readiness.clone(),
     };
+    let registrar = registrar_child(args);
+    Ok(ModeTree { children: vec![registrar], metrics_addr: rc.metrics_addr, fault_route })
+}
+
+/// The registrar (shard supervisor) as a child; shared by reconcile and webhook modes.
+pub(super) fn registrar_child(args: RegistrarArgs) -> ChildSpec {
     let registrar = ChildSpec::new("registrar", move |sup| {
         let args = args.clone();
         async move { Ok(Actor::spawn_linked(None, Registrar, args, sup).await?.0.get_cell()) }
@@ -53,10 +61,10 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
             let _ = ActorRef::<RegistrarMsg>::from(cell).cast(RegistrarMsg::Inject(target));
         }
     });
-    Ok(ModeTree { children: vec![registrar], metrics_addr: rc.metrics_addr, fault_route })
+    registrar
 }
 
 /// `pods`, `nodes`, `endpointslices`, `shard:<node>` go to the registrar.
-fn fault_route(target: &str) -> Option<(&'static str, String)> {
+pub(super) fn fault_route(target: &str) -> Option<(&'static str, String)> {
     FaultTarget::parse(target).map(|_| ("registrar", target.to_string()))
 }

@@ -1,24 +1,19 @@
-//! Webhook mode's children: the reconcile `Backstop` (which also keeps the cluster entry) and the
-//! admission server (a `Task`). The pool, the Leader (whenever the registrar's namespace is
-//! known) and the HTTP endpoint are added by `app::run`; both children reach SPIRE through the
-//! pool.
+//! Webhook mode's children: the registrar with one cluster-wide shard (the cluster entry and
+//! every pod's entry; it replaced the backstop) and the admission server (a `Task`). The pool,
+//! the Leader (whenever the registrar's namespace is known) and the HTTP endpoint are added by
+//! `app::run`; both children reach SPIRE through the pool.
 //!
 //! Admissions are the one unfenced writer: every replica answers them (see `webhook::admission`).
 
 use std::sync::Arc;
 
-use ractor::Actor;
-
 use super::{Error, ModeTree, Shared, clone_listener, task_child};
 use crate::{
-    actors::root::ChildSpec,
+    actors::{registrar::RegistrarArgs, shard::ShardMode},
     config::{Config, WebhookConfig},
     identity::Naming,
-    webhook::{
-        admission,
-        backstop::{Backstop, BackstopArgs},
-        handler, server,
-    },
+    k8s::{cache::ClusterCache, events::EventSink},
+    webhook::{admission, handler, server},
 };
 
 fn tls_files(wc: &WebhookConfig) -> server::TlsFiles {
@@ -56,22 +51,20 @@ pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> R
     }
     let listener = Arc::new(server::bind(wc.addr).await?.into_std().map_err(Error::Listen)?);
 
-    let backstop = BackstopArgs {
+    // One cluster-wide shard keeps the cluster entry and every pod's entry (leader-gated, as
+    // the backstop of the original design did): it repairs what admissions alone cannot — pods
+    // deleted or created while the webhook was down, deletes that never completed.
+    let registrar = super::reconcile::registrar_child(RegistrarArgs {
+        mode: ShardMode::Cluster,
         naming: naming.clone(),
-        pool: shared.pool.clone(),
         client: shared.client.clone(),
+        pool: shared.pool.clone(),
+        cache: ClusterCache::default(),
         leadership: shared.leadership.clone(),
-        interval: wc.resync_interval,
+        watch_slices: false,
+        resync_interval: wc.resync_interval,
+        events: EventSink::new(shared.client.clone(), "k8s-workload-registrar"),
         readiness: shared.readiness.clone(),
-    };
-    let backstop = ChildSpec::new("backstop", move |sup| {
-        let args = backstop.clone();
-        async move { Ok(Actor::spawn_linked(None, Backstop, args, sup).await?.0.get_cell()) }
-    });
-    #[cfg(feature = "fault-injection")]
-    let backstop = backstop.fail(|cell, _| async move {
-        use crate::webhook::backstop::BackstopMsg;
-        let _ = ractor::ActorRef::<BackstopMsg>::from(cell).cast(BackstopMsg::Fail);
     });
     let admit = admission::Admission { naming, pool: shared.pool.clone(), pods: Some(shared.client.clone()) }
         .into_admit();
@@ -84,8 +77,9 @@ pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> R
             server::serve(listener, files, router, shutdown).await.map_err(|e| e.to_string())
         }
     });
-    // Nothing to sync: admissions carry their pods. The backstop's first pass as leader is the
-    // first convergence pass.
-    shared.readiness.set_synced();
-    Ok(ModeTree { children: vec![backstop, server], metrics_addr: wc.metrics_addr, fault_route: |_| None })
+    Ok(ModeTree {
+        children: vec![registrar, server],
+        metrics_addr: wc.metrics_addr,
+        fault_route: super::reconcile::fault_route,
+    })
 }

@@ -106,6 +106,11 @@ impl ClusterCache {
         touched
     }
 
+    /// Every pod (webhook mode's one cluster-wide shard).
+    pub fn all_pods(&self) -> Vec<PodInfo> {
+        self.read().pods.values().cloned().collect()
+    }
+
     pub fn pods_on(&self, node: &str) -> Vec<PodInfo> {
         let inner = self.read();
         inner

@@ -166,7 +166,7 @@ impl Admission {
                     return Verdict::Allow;
                 }
                 Ok(_) => {}
-                // Not knowing is no reason to block a delete; the backstop repairs mistakes.
+                // Not knowing is no reason to block a delete; the cluster shard repairs mistakes.
                 Err(e) => tracing::warn!(error = %e, "Could not read the pod; deleting its entry anyway."),
             }
         }

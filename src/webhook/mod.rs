@@ -1,18 +1,16 @@
 //! Webhook mode: a ValidatingAdmissionWebhook for pods, served over HTTPS with client-certificate
-//! verification, that creates a pod's SPIRE entry on CREATE and removes it on DELETE, plus a
-//! leader-gated reconcile backstop that repairs what admission alone cannot (pods deleted while
-//! the webhook was down, the StatefulSet name-reuse race).
+//! verification, that creates a pod's SPIRE entry on CREATE and removes it on DELETE. What
+//! admission alone cannot do (pods deleted while the webhook was down, deletes that never
+//! completed) is repaired by the leader-gated cluster shard (`actors::shard`, `ShardMode::Cluster`).
 //!
 //! * [`review`]: AdmissionReview (v1 and v1beta1) parsing and response building — pure;
 //! * [`server`]: TLS (rustls, ring) with optional client-certificate verification and
 //!   certificate reload, serving an axum router;
 //! * [`handler`]: the `/validate` HTTP route: path, method and content-type checks, then
 //!   [`Admit`];
-//! * [`admission`]: what CREATE and DELETE do to SPIRE;
-//! * [`backstop`]: the periodic reconcile.
+//! * [`admission`]: what CREATE and DELETE do to SPIRE.
 
 pub mod admission;
-pub mod backstop;
 pub mod handler;
 pub mod review;
 pub mod server;

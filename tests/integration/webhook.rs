@@ -232,7 +232,7 @@ async fn admission_creates_and_deletes_entries() {
     );
 
     // Deleting the pod removes its entry. Admission is synchronous, so it is gone as soon as the
-    // delete returned (no backstop pass can have stood in for it).
+    // delete returned (no cluster-shard pass can have stood in for it).
     delete_pod(&k, "apps", "web").await;
     assert_eq!(all_shown(&spire).await, vec![cluster_entry()]);
 
@@ -274,7 +274,7 @@ async fn statefulset_name_reuse_and_downtime_are_repaired() {
     let spire = stack.spire.client();
     let port = free_port();
     let reg = start_registrar(&stack, &pki, "wh", port, "").await;
-    // Ignore: pods can be deleted while the webhook is down (the backstop cleans up after).
+    // Ignore: pods can be deleted while the webhook is down (the cluster shard cleans up after).
     register_webhook(&stack, &pki, port, "Ignore").await;
     create_namespace(&k, "db").await;
 
@@ -297,7 +297,7 @@ async fn statefulset_name_reuse_and_downtime_are_repaired() {
     let before = entry_id(&all_entries(&spire).await).expect("web-0 has an entry");
     let (code, body) = post_review(&pki, port, &late_delete, true).await.unwrap();
     assert_eq!(code, 200, "{body}");
-    // The very same entry is still there (not deleted and recreated by the backstop).
+    // The very same entry is still there (not deleted and recreated by the cluster shard).
     assert_eq!(entry_id(&all_entries(&spire).await), Some(before));
 
     // Downtime: the registrar stops; a pod is deleted and another created meanwhile.
@@ -349,7 +349,7 @@ async fn shipped_webhook_rbac_is_sufficient() {
     )
     .await;
     register_webhook(&stack, &pki, port, "Fail").await;
-    // A stale entry under the cluster entry, for a pod that does not exist: only the backstop,
+    // A stale entry under the cluster entry, for a pod that does not exist: only the cluster shard,
     // which lists pods with the shipped permissions, can remove it.
     let stale = spire
         .create_entries(&[k8s_workload_registrar::model::EntrySpec {
@@ -377,7 +377,7 @@ async fn shipped_webhook_rbac_is_sufficient() {
 
 /// Webhook mode under a seeded schedule (as `chaos::*`): pods come and go through admissions
 /// while children fail, SPIRE restarts and the registrar is killed (admissions then go
-/// unanswered: `failurePolicy: Ignore`, and the backstop repairs); in the end the entries are
+/// unanswered: `failurePolicy: Ignore`, and the cluster shard repairs); in the end the entries are
 /// exactly the cluster entry plus one per live pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_random_churn_and_faults_converge_exactly() {
@@ -415,7 +415,7 @@ async fn chaos_random_churn_and_faults_converge_exactly() {
                     pods.remove(&name);
                 }
                 4 | 5 => {
-                    let targets = ["backstop", "spire_pool", "admission_server", "http"];
+                    let targets = ["shard:cluster", "pods", "spire_pool", "admission_server", "http"];
                     reg.inject(targets[below(targets.len())]).await;
                 }
                 6 => stack.spire.restart().await,
