@@ -453,3 +453,50 @@ fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
     }
     state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{
+        id::{SpiffeId, TrustDomain},
+        model::Selector,
+    };
+
+    fn create() -> EntryOp {
+        let td = TrustDomain::parse("example.org").unwrap();
+        EntryOp::Create(EntrySpec {
+            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
+            parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
+            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+            dns_names: Vec::new(),
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        })
+    }
+
+    #[test]
+    fn cluster_deletes_wait_for_the_grace_period_and_are_forgotten_when_desired_again() {
+        let mut suspects = HashMap::new();
+        let delete = |id: &str| EntryOp::Delete { id: id.into() };
+        let mut ops = vec![delete("a"), create()];
+        hold_young_deletes(&mut ops, &mut suspects);
+        assert_eq!(ops, vec![create()], "a fresh suspect is held, other ops pass");
+        assert!(suspects.contains_key("a"));
+
+        // Old enough: it goes out.
+        suspects.insert("a".into(), std::time::Instant::now() - DELETE_GRACE);
+        let mut ops = vec![delete("a")];
+        hold_young_deletes(&mut ops, &mut suspects);
+        assert_eq!(ops, vec![delete("a")]);
+
+        // Desired again (no delete for it): forgotten, so a later delete starts a new grace.
+        let mut ops = vec![create()];
+        hold_young_deletes(&mut ops, &mut suspects);
+        assert!(suspects.is_empty());
+        let mut ops = vec![delete("a")];
+        hold_young_deletes(&mut ops, &mut suspects);
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+}
