@@ -113,3 +113,50 @@ async fn configmap_lock_releases_on_sigterm() {
     pod("a", "p1").on("n1").sa("p1").create(&k).await;
     converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
 }
+
+/// A leader's write in flight to a frozen SPIRE server must not land after another replica has
+/// taken over: write RPCs end within `lease_duration − renew_deadline` (the client cancels the
+/// stream), the deposed leader is gone, and the server, once thawed, finds the request cancelled.
+/// The new leader then has nothing stale to clean up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_to_a_frozen_server_does_not_land_after_a_takeover() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("p1").create(&k).await;
+    let extra = format!("{ELECTION}leader_election_resource_lock = \"leases\"\n");
+    let a = Registrar::start(&stack, "reg-a", "c", &extra).await;
+    eventually("reg-a leads", Duration::from_secs(30), || async { is_leader(&a).await.then_some(()) }).await;
+    let b = Registrar::start(&stack, "reg-b", "c", &extra).await;
+    b.wait_ready().await;
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+
+    // Freeze SPIRE, then give the leader a write to make: it is sent and hangs.
+    stack.spire.signal("-STOP");
+    pod("a", "p2").on("n1").sa("p2").create(&k).await;
+    eventually("the leader's write to time out", Duration::from_secs(60), || async {
+        metric_value(&a.metrics().await, "registrar_sync_failures_total", &[]).filter(|v| *v >= 1.0)
+    })
+    .await;
+    // The pod goes again, and so does the leader; the follower takes over while SPIRE is frozen.
+    delete_pod(&k, "a", "p2").await;
+    a.proc.kill();
+    eventually("reg-b leads", Duration::from_secs(60), || async { is_leader(&b).await.then_some(()) }).await;
+    stack.spire.signal("-CONT");
+
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+    // Two more anti-entropy passes of the new leader (resync every 2 s): a late write by the old
+    // leader would have left p2's entry behind for them to delete.
+    let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
+    let start = passes(&b.metrics().await);
+    eventually("two more passes", Duration::from_secs(60), || async {
+        (passes(&b.metrics().await) >= start + 2.0).then_some(())
+    })
+    .await;
+    let m = b.metrics().await;
+    let deleted = metric_value(&m, "registrar_entry_ops_total", &[("op", "delete")]).unwrap_or(0.0);
+    assert_eq!(deleted, 0.0, "the new leader had to delete a late write of the old one");
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+}

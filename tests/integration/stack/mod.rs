@@ -331,6 +331,13 @@ plugins {{
         self.proc.kill();
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
+    pub fn signal(&self, signal: &str) {
+        let out =
+            std::process::Command::new("kill").args([signal, &self.proc.pid().to_string()]).output().unwrap();
+        assert!(out.status.success(), "kill {signal}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     async fn wait_healthy(&self) {
         if let Err(log) = self.try_wait_healthy().await {
             panic!("spire-server did not become healthy\n{log}");
