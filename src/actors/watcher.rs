@@ -242,8 +242,10 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     tokio::spawn(async move {
-        // Classic list+watch (no streaming lists), with kube's default backoff on errors.
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        // Classic list+watch (no streaming lists); after errors `WatchBackoff` retries within 2 s.
+        let mut stream = watcher(api, watcher::Config::default())
+            .backoff(crate::k8s::backoff::WatchBackoff::default())
+            .boxed();
         let mut relist = Vec::new();
         while let Some(event) = stream.next().await {
             match &event {

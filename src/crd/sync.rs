@@ -91,7 +91,10 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).backoff(crate::k8s::backoff::WatchBackoff::default()),
+    );
     let task = tokio::spawn(stream.for_each(move |ev| {
         match ev {
             Ok(_) => kube.ok(),

@@ -1,6 +1,8 @@
 //! The Kubernetes side: turning API objects into the core's plain data ([`convert`]), the shared
-//! in-memory view of the cluster the shards read ([`cache`]), and Kubernetes Events ([`events`]).
+//! in-memory view of the cluster the shards read ([`cache`]), Kubernetes Events ([`events`]), and
+//! how watches retry ([`backoff`]).
 
+pub mod backoff;
 pub mod cache;
 pub mod convert;
 pub mod events;

@@ -239,7 +239,11 @@ async fn api_server_outage_is_survived_and_caught_up() {
 
     // The API server goes away for a while; the registrar keeps running and keeps its entries.
     stack.kube.stop_apiserver();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Asserted once the registrar has seen the outage (its watches failed), not after a guess.
+    eventually("the watchers to see the outage", Duration::from_secs(60), || async {
+        metric_value(&reg.metrics().await, "registrar_watch_errors_total", &[]).filter(|v| *v >= 1.0)
+    })
+    .await;
     reg.proc.assert_running();
     assert_eq!(reg.get("/healthz").await.0, 200);
     assert_eq!(all_shown(&spire).await.len(), 2, "nothing is deleted because the API server is unreachable");
