@@ -22,7 +22,7 @@ pub fn describe() {
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
     describe_counter!(
         "registrar_spiffeid_writes_total",
-        "SpiffeID writes (crd mode), by op: apply, delete, status."
+        "SpiffeID writes (crd mode), by op: apply, delete, status, finalizer."
     );
     describe_counter!("registrar_watch_errors_total", "Kubernetes watch errors (retried with backoff).");
     describe_counter!("webhook_requests_total", "Admission requests, by operation and outcome.");

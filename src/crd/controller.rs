@@ -211,6 +211,11 @@ async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let epoch = leadership.epoch;
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &ns);
+    // The finalizer helper adds our finalizer, or removes it after cleanup: a SpiffeID write.
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    if has_finalizer == obj.metadata.deletion_timestamp.is_some() {
+        metrics::counter!("registrar_spiffeid_writes_total", "op" => "finalizer").increment(1);
+    }
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             finalizer::Event::Apply(o) => apply(&api, o, &ctx, epoch).await,
