@@ -35,6 +35,14 @@ impl Reachability {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
     }
 
+    /// Records the outcome of one call.
+    pub fn observe<T, E>(&self, outcome: &Result<T, E>) {
+        match outcome {
+            Ok(_) => self.ok(),
+            Err(_) => self.failed(),
+        }
+    }
+
     /// How long it has been failing, if it is.
     pub fn failing_for(&self) -> Option<Duration> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).map(|since| since.elapsed())

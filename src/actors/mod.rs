@@ -24,6 +24,8 @@ use std::{
 
 use ractor::ActorRef;
 
+use crate::{model, spire};
+
 /// A late-bound reference to the SPIRE pool: the pool's supervisor swaps in the new pool when
 /// it restarts a failed one, and every caller sees it on its next call. Unset until the pool has
 /// started (callers then get "unavailable", like during a pool restart).
@@ -50,6 +52,17 @@ impl PoolHandle {
 
     pub fn set(&self, pool: ActorRef<spire_pool::PoolMsg>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    }
+
+    /// The entries matching `filter` (paged by the worker), or why there is no answer.
+    pub async fn list(
+        &self,
+        filter: spire::ListFilter,
+        timeout: Duration,
+    ) -> Result<Vec<model::Entry>, String> {
+        self.call(|reply| spire_pool::PoolMsg::List(filter, reply), timeout)
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Calls the current pool and waits up to `timeout` for its answer.

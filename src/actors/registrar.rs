@@ -36,7 +36,6 @@ use tokio::task::JoinHandle;
 use super::{
     PoolHandle, RestartBudget,
     shard::{CLUSTER, NodeShard, Pending, ShardArgs, ShardEvent, ShardMode, ShardMsg, enqueue},
-    spire_pool::PoolMsg,
     watcher::{WatchEvent, WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
 use crate::{
@@ -437,8 +436,7 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     state.reading = Some(l.epoch);
     let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
     tokio::spawn(async move {
-        let reply = pool.call(|r| PoolMsg::List(ListFilter::default(), r), Duration::from_secs(120)).await;
-        let entries = reply.map_err(|e| e.to_string()).and_then(|r| r);
+        let entries = pool.list(ListFilter::default(), Duration::from_secs(120)).await;
         let _ = me.cast(RegistrarMsg::BootstrapRead { epoch, entries });
     });
 }

@@ -309,30 +309,24 @@ async fn desired_cluster(state: &mut ShardState) -> Vec<EntrySpec> {
 }
 
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
-    if args.mode == ShardMode::Cluster {
-        let cluster_id = args.naming.webhook_cluster_id().map_err(|e| e.to_string())?;
-        let list = |filter: ListFilter| async move {
-            args.pool
-                .call(|reply| PoolMsg::List(filter, reply), POOL_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())?
-        };
-        let mut entries =
-            list(ListFilter { by_parent_id: Some(cluster_id.clone()), ..Default::default() }).await?;
-        entries.extend(list(ListFilter { by_spiffe_id: Some(cluster_id), ..Default::default() }).await?);
-        entries.retain(|e| args.naming.webhook_owns(&e.spec));
-        return Ok(entries);
-    }
-    let root = args.naming.root_id().map_err(|e| e.to_string())?;
-    let alias = root.join(&[&args.node]).map_err(|e| e.to_string())?;
-    let list = |filter: ListFilter| async move {
-        args.pool.call(|reply| PoolMsg::List(filter, reply), POOL_TIMEOUT).await.map_err(|e| e.to_string())?
+    // The shard's anchor: the parent of its pod entries and the SPIFFE ID of its one entry
+    // parented to the server (the node's alias, or webhook mode's cluster entry).
+    let anchor = match args.mode {
+        ShardMode::PerNode => {
+            let root = args.naming.root_id().map_err(|e| e.to_string())?;
+            root.join(&[&args.node]).map_err(|e| e.to_string())?
+        }
+        ShardMode::Cluster => args.naming.webhook_cluster_id().map_err(|e| e.to_string())?,
     };
-    let mut entries = list(ListFilter { by_parent_id: Some(alias.clone()), ..Default::default() }).await?;
-    let node_entries = list(ListFilter { by_spiffe_id: Some(alias), ..Default::default() }).await?;
-    entries.extend(node_entries.into_iter().filter(|e| e.spec.parent_id == args.naming.server_id()));
-    // Only entries this shard owns; ownership is exact (see `Naming::owns`).
-    entries.retain(|e| args.naming.node_of(&e.spec).as_deref() == Some(args.node.as_str()));
+    let by = |f: ListFilter| args.pool.list(f, POOL_TIMEOUT);
+    let mut entries = by(ListFilter { by_parent_id: Some(anchor.clone()), ..Default::default() }).await?;
+    let own = by(ListFilter { by_spiffe_id: Some(anchor), ..Default::default() }).await?;
+    entries.extend(own.into_iter().filter(|e| e.spec.parent_id == args.naming.server_id()));
+    // Only entries this shard owns; ownership is exact (see `Naming::owns`, `webhook_owns`).
+    entries.retain(|e| match args.mode {
+        ShardMode::PerNode => args.naming.node_of(&e.spec).as_deref() == Some(args.node.as_str()),
+        ShardMode::Cluster => args.naming.webhook_owns(&e.spec),
+    });
     Ok(entries)
 }
 

@@ -49,6 +49,15 @@ pub enum TaskMsg {
 
 pub struct Task;
 
+/// Aborts the task when dropped: a helper task that lives exactly as long as its owner.
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct TaskState {
     name: &'static str,
     drain: Duration,

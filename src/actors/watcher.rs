@@ -248,10 +248,7 @@ where
             .boxed();
         let mut relist = Vec::new();
         while let Some(event) = stream.next().await {
-            match &event {
-                Ok(_) => kube.ok(),
-                Err(_) => kube.failed(),
-            }
+            kube.observe(&event);
             let delta = match event {
                 Ok(watcher::Event::Init) => {
                     relist.clear();

@@ -105,5 +105,5 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
             }
         }));
     }
-    Ok(ModeTree { children, metrics_addr: cc.metrics_addr, fault_route: |_| None })
+    Ok(ModeTree { children, fault_route: |_| None })
 }

@@ -99,8 +99,6 @@ const FIRST_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 struct ModeTree {
     /// The mode's own children, in start order (after the pool and the Leader).
     children: Vec<ChildSpec>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: disabled).
-    metrics_addr: Option<std::net::SocketAddr>,
     /// Maps a `POST /debug/fail/<target>` target to (child, argument) for this mode's children.
     fault_route: fn(&str) -> Option<(&'static str, String)>,
 }
@@ -130,20 +128,17 @@ pub async fn run(
     }
     let spire = spire_client(&cfg.server).await?;
     let client = kube_client(client).await?;
-    let (election, lock_name) = match &cfg.mode {
-        Mode::Reconcile(rc) => (
-            rc.leader_election.enabled.then_some(&rc.leader_election),
-            format!("{}-leader-election", rc.controller_name),
-        ),
-        Mode::Crd(cc) => (
-            cc.leader_election.enabled.then_some(&cc.leader_election),
-            "k8s-workload-registrar-crd-leader-election".into(),
-        ),
-        // Webhook mode's cluster shard elects a leader whenever it knows its namespace.
-        Mode::Webhook(_) => (None, "k8s-workload-registrar-webhook-leader-election".into()),
+    let lock_name = match &cfg.mode {
+        Mode::Reconcile(rc) => format!("{}-leader-election", rc.controller_name),
+        Mode::Crd(_) => "k8s-workload-registrar-crd-leader-election".into(),
+        Mode::Webhook(_) => "k8s-workload-registrar-webhook-leader-election".into(),
     };
-    let election = match (&cfg.mode, election) {
-        (Mode::Webhook(_), _) => match own_namespace() {
+    let election = match cfg.mode.leader_election() {
+        Some(le) if le.enabled => Some(election_config(le.lock, le.namespace.as_deref(), lock_name)?),
+        Some(_) => None,
+        // Webhook mode has no election keys: its cluster shard elects a leader whenever it knows
+        // its namespace.
+        None => match own_namespace() {
             Some(ns) => Some(election_config(config::LockKind::Leases, Some(&ns), lock_name)?),
             None => {
                 tracing::warn!(
@@ -152,8 +147,6 @@ pub async fn run(
                 None
             }
         },
-        (_, Some(le)) => Some(election_config(le.lock, le.namespace.as_deref(), lock_name)?),
-        (_, None) => None,
     };
     // A write fence-checked while leading must be over before another replica can lead.
     let write_budget = election.as_ref().map(|c| c.lease_duration.saturating_sub(c.renew_deadline));
@@ -190,7 +183,7 @@ pub async fn run(
     specs.extend(mode.children);
     let alive = Arc::new(AtomicBool::new(true));
     let root_ref: Arc<OnceLock<ActorRef<RootMsg>>> = Arc::default();
-    if let Some(addr) = mode.metrics_addr {
+    if let Some(addr) = cfg.mode.metrics_addr() {
         let listener = http::bind(addr).await.map_err(Error::Listen)?;
         let health = http::Health {
             alive: alive.clone(),

@@ -40,7 +40,7 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         readiness: shared.readiness.clone(),
     };
     let registrar = registrar_child(args);
-    Ok(ModeTree { children: vec![registrar], metrics_addr: rc.metrics_addr, fault_route })
+    Ok(ModeTree { children: vec![registrar], fault_route })
 }
 
 /// The registrar (shard supervisor) as a child; shared by reconcile and webhook modes.

@@ -77,9 +77,5 @@ pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> R
             server::serve(listener, files, router, shutdown).await.map_err(|e| e.to_string())
         }
     });
-    Ok(ModeTree {
-        children: vec![registrar, server],
-        metrics_addr: wc.metrics_addr,
-        fault_route: super::reconcile::fault_route,
-    })
+    Ok(ModeTree { children: vec![registrar, server], fault_route: super::reconcile::fault_route })
 }

@@ -46,6 +46,7 @@ use crate::{
     actors::{
         PoolHandle,
         spire_pool::{ApplyError, Fence, OpOutcome, PoolMsg},
+        task::AbortOnDrop,
     },
     diff::EntryOp,
     k8s::events::{EventSink, Reason},
@@ -105,11 +106,7 @@ impl Ctx {
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<Entry>, Error> {
-        self.pool
-            .call(|r| PoolMsg::List(filter, r), POOL_TIMEOUT)
-            .await
-            .map_err(|e| Error::Spire(e.to_string()))?
-            .map_err(Error::Spire)
+        self.pool.list(filter, POOL_TIMEOUT).await.map_err(Error::Spire)
     }
 
     /// One write, sent only while this replica still leads in `epoch` (the pool checks
@@ -144,15 +141,6 @@ impl Ctx {
 const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const RETRY: Duration = Duration::from_secs(3);
-
-/// Aborts the task when dropped (the reporter lives exactly as long as the controller).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Runs the SpiffeID controller until `shutdown` resolves. With `readiness` (when no projector
 /// reports convergence), it is synced once the controller's cache has listed every SpiffeID, and

@@ -58,6 +58,11 @@ pub struct PodRules {
     pub disabled_namespaces: BTreeSet<String>,
 }
 
+/// CRD mode's node-alias ID: `spiffe://<td>/k8s-workload-registrar/<cluster>/node/<node>`.
+pub fn node_alias(td: &TrustDomain, cluster: &str, node: &str) -> Result<SpiffeId, IdError> {
+    SpiffeId::from_segments(td, &[PREFIX, cluster, "node", node])
+}
+
 /// The desired spec plus the DNS names that were dropped as invalid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredPod {
@@ -79,7 +84,7 @@ pub fn template_fields(pod: &PodInfo) -> PodFields {
 
 impl PodRules {
     pub fn node_id(&self, node: &str) -> Result<SpiffeId, IdError> {
-        SpiffeId::from_segments(&self.trust_domain, &[PREFIX, self.cluster.as_str(), "node", node])
+        node_alias(&self.trust_domain, &self.cluster, node)
     }
 
     /// The SpiffeID a pod should have, `None` when it should have none (disabled namespace,

@@ -24,7 +24,7 @@
 
 use super::{
     convert::{SpecError, entry_spec},
-    pods::PREFIX,
+    pods::node_alias,
     resource::SpiffeIdSpec,
 };
 use crate::{
@@ -111,8 +111,7 @@ impl Policy {
             return false;
         };
         !uid.is_empty()
-            && SpiffeId::from_segments(&self.trust_domain, &[PREFIX, &self.cluster, "node", node])
-                .is_ok_and(|alias| &alias == parent)
+            && node_alias(&self.trust_domain, &self.cluster, node).is_ok_and(|alias| &alias == parent)
     }
 }
 

@@ -96,12 +96,9 @@ where
         watcher(api, watcher::Config::default()).backoff(crate::k8s::backoff::WatchBackoff::default()),
     );
     let task = tokio::spawn(stream.for_each(move |ev| {
-        match ev {
-            Ok(_) => kube.ok(),
-            Err(e) => {
-                kube.failed();
-                tracing::warn!(error = %e, "Watch error (retrying).");
-            }
+        kube.observe(&ev);
+        if let Err(e) = ev {
+            tracing::warn!(error = %e, "Watch error (retrying).");
         }
         notify.notify_one();
         future::ready(())

@@ -29,7 +29,7 @@ pub const REGISTRAR_PREFIXES: [&str; 2] = ["k8s-workload-registrar", "spire-k8s-
 /// Errors with [`IdError::Reserved`] when `id` equals or lies under a reserved prefix (see the
 /// module header). `controller_name` is reconcile mode's root segment, if configured.
 pub fn check_not_reserved(id: &SpiffeId, controller_name: Option<&str>) -> Result<(), IdError> {
-    let first = id.path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    let first = first_segment(id);
     let reserved = first == "spire" || REGISTRAR_PREFIXES.contains(&first) || controller_name == Some(first);
     if reserved {
         return Err(IdError::Reserved { id: id.to_string(), prefix: format!("/{first}") });
@@ -40,8 +40,11 @@ pub fn check_not_reserved(id: &SpiffeId, controller_name: Option<&str>) -> Resul
 /// True when `id` lies under a registrar prefix ([`REGISTRAR_PREFIXES`]): a node alias, a cluster
 /// ID, or something made by hand in a registrar's namespace.
 pub fn is_registrar_id(id: &SpiffeId) -> bool {
-    let first = id.path().trim_start_matches('/').split('/').next().unwrap_or_default();
-    REGISTRAR_PREFIXES.contains(&first)
+    REGISTRAR_PREFIXES.contains(&first_segment(id))
+}
+
+fn first_segment(id: &SpiffeId) -> &str {
+    id.path().trim_start_matches('/').split('/').next().unwrap_or_default()
 }
 
 /// The workload SPIFFE ID a label/annotation/template value stands for (the value rule), refused

@@ -52,6 +52,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::Error;
+use crate::actors::task::AbortOnDrop;
 
 /// How often the certificate and key files are checked for changes.
 pub const RELOAD_PERIOD: Duration = Duration::from_secs(2);
@@ -123,6 +124,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let Built { config, resolver, provider, pem } = build(&files)?;
+    // The reloader dies with this future even if it is dropped rather than shut down.
     let _reloader =
         AbortOnDrop(tokio::spawn(watch_keypair(files, resolver, provider, Ok(pem), options.reload_period)));
     let acceptor = TlsAcceptor::from(config);
@@ -209,16 +211,6 @@ async fn connection(
 fn handshake_failed(peer: SocketAddr, reason: &'static str, error: impl Display) {
     tracing::debug!(%peer, %error, "webhook TLS handshake failed");
     metrics::counter!("webhook_tls_handshake_failures_total", "reason" => reason).increment(1);
-}
-
-/// Aborts the task when dropped, so the reloader dies with [`serve_with`] even if that future is
-/// itself dropped rather than shut down.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Hands out the current serving certificate; [`watch_keypair`] replaces it. A plain lock is
