@@ -233,28 +233,15 @@ async fn crd_random_churn_and_faults_converge_exactly() {
     let mut expected = Vec::new();
     for n in &nodes {
         let uid = Api::<Node>::all(k.clone()).get(n).await.unwrap().metadata.uid.unwrap();
-        expected.push(want(
-            &format!("spiffe://example.org/k8s-workload-registrar/c/node/{n}"),
-            "spiffe://example.org/spire/server",
-            &["k8s_psat:cluster:c", &format!("k8s_psat:agent_node_uid:{uid}")],
-        ));
+        expected.push(crd_node_entry("c", n, &uid));
     }
     let pod_api: Api<Pod> = Api::namespaced(k.clone(), "chaos");
     for name in &pods {
         let p = pod_api.get(name).await.unwrap();
         let spec = p.spec.unwrap();
         let (sa, node) = (spec.service_account_name.unwrap(), spec.node_name.unwrap());
-        let mut e = want(
-            &format!("spiffe://example.org/ns/chaos/sa/{sa}"),
-            &format!("spiffe://example.org/k8s-workload-registrar/c/node/{node}"),
-            &[
-                &format!("k8s:pod-uid:{}", p.metadata.uid.unwrap()),
-                "k8s:ns:chaos",
-                &format!("k8s:node-name:{node}"),
-            ],
-        );
-        e.dns_names = vec![name.clone()];
-        expected.push(e);
+        let uid = p.metadata.uid.unwrap();
+        expected.push(crd_pod_entry("c", &node, "chaos", &uid, &format!("/ns/chaos/sa/{sa}"), &[name]));
     }
     for name in &manual {
         expected.push(want(

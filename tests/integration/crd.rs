@@ -254,24 +254,10 @@ async fn pods_and_nodes_get_spiffeids() {
     let twin_uid = twin.metadata.uid.clone().unwrap();
 
     let _reg = start_crd(&stack, "crd2", "").await;
-    let node_entry = want(
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        "spiffe://example.org/spire/server",
-        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
-    );
-    let mut web_entry = want(
-        "spiffe://example.org/ns/shop/sa/web-sa",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{web_uid}"), "k8s:ns:shop", "k8s:node-name:n1"],
-    );
-    web_entry.dns_names = vec!["web".into()];
+    let node_entry = crd_node_entry("c1", "n1", &node_uid);
+    let mut web_entry = crd_pod_entry("c1", "n1", "shop", &web_uid, "/ns/shop/sa/web-sa", &["web"]);
     web_entry.federates_with = vec!["other.org".into()];
-    let mut twin_entry = want(
-        "spiffe://example.org/ns/default/sa/twin",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{twin_uid}"), "k8s:ns:default", "k8s:node-name:n1"],
-    );
-    twin_entry.dns_names = vec!["n1".into()];
+    let twin_entry = crd_pod_entry("c1", "n1", "default", &twin_uid, "/ns/default/sa/twin", &["n1"]);
     converge(&spire, vec![node_entry.clone(), web_entry.clone(), twin_entry]).await;
     let twin_sid =
         Api::<SpiffeID>::namespaced(k.clone(), "default").get(&format!("pod-{twin_uid}")).await.unwrap();
@@ -305,12 +291,8 @@ async fn pods_and_nodes_get_spiffeids() {
     converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
     // A terminal pod loses its SpiffeID and entry.
     let job = pod("shop", "job").on("n1").sa("job").create(&k).await;
-    let mut job_entry = want(
-        "spiffe://example.org/ns/shop/sa/job",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{}", job.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
-    );
-    job_entry.dns_names = vec!["job".into()];
+    let job_entry =
+        crd_pod_entry("c1", "n1", "shop", &job.metadata.uid.unwrap(), "/ns/shop/sa/job", &["job"]);
     converge(&spire, vec![node_entry.clone(), web_entry.clone(), job_entry]).await;
     patch_pod_status(&k, "shop", "job", json!({"phase": "Succeeded"})).await;
     converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
@@ -392,17 +374,9 @@ async fn leader_election_gives_one_writer_and_failover() {
     )
     .await
     .unwrap();
-    let node_entry = want(
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        "spiffe://example.org/spire/server",
-        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
-    );
-    let mut web_entry = want(
-        "spiffe://example.org/ns/shop/sa/web",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{}", web.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
-    );
-    web_entry.dns_names = vec!["web".into()];
+    let node_entry = crd_node_entry("c1", "n1", &node_uid);
+    let web_entry =
+        crd_pod_entry("c1", "n1", "shop", &web.metadata.uid.unwrap(), "/ns/shop/sa/web", &["web"]);
     let a_entry = want("spiffe://example.org/a", agent, &["k8s:ns:shop"]);
     converge(&spire, vec![node_entry.clone(), web_entry.clone(), a_entry.clone()]).await;
     assert!(crd_writes(&a).await > 0.0, "the leader wrote");
@@ -484,16 +458,6 @@ async fn failed_children_are_restarted_alone_and_work_continues() {
     assert_eq!(body, "SPIRE server unreachable");
     stack.spire.restart().await;
     reg.wait_ready().await;
-}
-
-/// Waits for a Warning Event on `name` in `ns` and returns it.
-async fn warning_on(k: &kube::Client, ns: &str, name: &str) -> Event {
-    let events: Api<Event> = Api::namespaced(k.clone(), ns);
-    eventually(&format!("a Warning Event on {ns}/{name}"), Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some(name))
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,28 +551,19 @@ async fn tenants_cannot_take_identities_that_are_not_theirs() {
     let forged = json!({"status": {"entryId": hand_made_id}});
     shop.patch_status("forger", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
 
-    let node_entry = want(
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        "spiffe://example.org/spire/server",
-        &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
-    );
-    let mut web_entry = want(
-        "spiffe://example.org/web",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{}", web.metadata.uid.unwrap()), "k8s:ns:shop", "k8s:node-name:n1"],
-    );
-    web_entry.dns_names = vec!["web".into()];
+    let node_entry = crd_node_entry("c1", "n1", &node_uid);
+    let web_entry = crd_pod_entry("c1", "n1", "shop", &web.metadata.uid.unwrap(), "/web", &["web"]);
     let forger_want = want("spiffe://example.org/forger", agent, &["k8s:ns:shop", "k8s:pod-name:forger"]);
     let expected = vec![hand_made.clone(), node_entry.clone(), web_entry.clone(), forger_want.clone()];
     converge(&spire, expected.clone()).await;
     assert!(spire.get_entry(&forger_entry_id).await.unwrap().is_some(), "the forger's own entry");
 
-    let event = warning_on(&k, "shop", "hijack").await;
+    let event = event_on(&k, "shop", "hijack").await;
     assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
     assert!(event.message.unwrap_or_default().contains("is reserved"));
     assert!(matches!(shop.get("hijack").await, Err(kube::Error::Api(e)) if e.code == 404));
     for (name, _, field) in &hostile {
-        let event = warning_on(&k, "shop", name).await;
+        let event = event_on(&k, "shop", name).await;
         assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"), "{name}");
         assert!(event.message.unwrap_or_default().starts_with(field), "{name}: {field}");
         let status = shop.get(name).await.unwrap().status.unwrap_or_default();
@@ -671,7 +626,7 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
     )
     .await
     .unwrap();
-    let event = warning_on(&k, "shop", "nobundle").await;
+    let event = event_on(&k, "shop", "nobundle").await;
     assert_eq!(event.reason.as_deref(), Some("SpireRejected"));
     assert!(event.message.unwrap_or_default().contains("federated bundle"));
 
@@ -708,15 +663,7 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
         metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "spire_rejected")]),
         Some(1.0)
     );
-    let events: Api<Event> = Api::namespaced(k.clone(), "shop");
-    let on_nobundle: Vec<Event> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("nobundle"))
-        .collect();
+    let on_nobundle = events_on(&k, "shop", "nobundle").await;
     assert_eq!(on_nobundle.len(), 1);
     assert!(on_nobundle[0].series.is_none() && on_nobundle[0].count.unwrap_or(1) == 1, "{on_nobundle:?}");
     let status = shop.get("nobundle").await.unwrap().status.unwrap_or_default();
@@ -854,7 +801,7 @@ async fn the_spiffeid_webhook_denies_what_the_controller_refuses() {
     })
     .await;
     shop.create(&PostParams::default(), &hostile("late")).await.unwrap();
-    let event = warning_on(&k, "shop", "late").await;
+    let event = event_on(&k, "shop", "late").await;
     assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
     let status = shop.get("late").await.unwrap().status.unwrap_or_default();
     assert!(status.error.unwrap_or_default().starts_with("spec.selector.cluster"));

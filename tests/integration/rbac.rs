@@ -154,23 +154,7 @@ async fn shipped_crd_rbac_is_sufficient() {
         &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "spire")],
     )
     .await;
-    let mut web = want(
-        "spiffe://example.org/ns/apps/sa/web",
-        "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-        &[&format!("k8s:pod-uid:{web_uid}"), "k8s:ns:apps", "k8s:node-name:n1"],
-    );
-    web.dns_names = vec!["web".into()];
-    converge(
-        &spire,
-        vec![
-            want(
-                "spiffe://example.org/k8s-workload-registrar/c1/node/n1",
-                "spiffe://example.org/spire/server",
-                &["k8s_psat:cluster:c1", &format!("k8s_psat:agent_node_uid:{node_uid}")],
-            ),
-            web,
-        ],
-    )
-    .await;
+    let web = crd_pod_entry("c1", "n1", "apps", &web_uid, "/ns/apps/sa/web", &["web"]);
+    converge(&spire, vec![crd_node_entry("c1", "n1", &node_uid), web]).await;
     assert!(!reg.proc.log_text().contains("forbidden"), "a permission is missing:\n{}", reg.proc.log_tail());
 }

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Event;
-use kube::{Api, api::ListParams};
+use kube::Api;
 
 use crate::{
     registrar::{Registrar, metric_value},
@@ -125,12 +124,7 @@ async fn label_changes_replace_entries_and_bad_values_get_events() {
     patch_pod_labels(&k, "apps", "pay", serde_json::json!({"spiffe.io/id": "payment.v2"})).await;
     patch_pod_labels(&k, "apps", "bad", serde_json::json!({"spiffe.io/id": ""})).await;
     converge(&spire, vec![node_entry("c2", "n1"), pod_entry("c2", "n1", "apps", "pay", "/payment.v2")]).await;
-    let events: Api<Event> = Api::namespaced(k.clone(), "apps");
-    let event = eventually("an Event on the pod with the empty label", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("bad"))
-    })
-    .await;
+    let event = event_on(&k, "apps", "bad").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(event.message.unwrap_or_default().contains("spiffe.io/id"));
     // Removing the label removes the entry.
@@ -153,19 +147,11 @@ async fn label_changes_replace_entries_and_bad_values_get_events() {
     expected.push(node_entry("c3", "n1"));
     expected.push(pod_entry("c3", "n1", "apps", "multi", "/services/payment/v1"));
     converge(&spire, expected).await;
-    let event = eventually("an Event on the broken pod", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("broken"))
-    })
-    .await;
+    let event = event_on(&k, "apps", "broken").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let msg = event.message.unwrap_or_default();
     assert!(msg.contains("spiffe.io/spiffe-id") && msg.contains("a//b"), "event message: {msg}");
-    let event = eventually("an Event on the hijacking pod", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("hijack"))
-    })
-    .await;
+    let event = event_on(&k, "apps", "hijack").await;
     assert_eq!(event.reason.as_deref(), Some("ReservedIdentity"));
     let msg = event.message.unwrap_or_default();
     assert!(
@@ -282,12 +268,7 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
     reg.wait_ready().await;
     let web = pod_entry("c1", "n1", "apps", "web", "/ns/apps/sa/web");
     let entries = converge(&spire, vec![node_entry("c1", "n1"), web.clone()]).await;
-    let events: Api<Event> = Api::namespaced(k.clone(), "apps");
-    let event = eventually("an Event on the refused pod", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("fed"))
-    })
-    .await;
+    let event = event_on(&k, "apps", "fed").await;
     assert_eq!(event.reason.as_deref(), Some("SpireRejected"));
     assert!(event.message.unwrap_or_default().contains("federated bundle"));
 
@@ -308,14 +289,7 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
         metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "spire_rejected")]),
         Some(1.0)
     );
-    let on_fed: Vec<Event> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("fed"))
-        .collect();
+    let on_fed = events_on(&k, "apps", "fed").await;
     assert_eq!(on_fed.len(), 1);
     assert!(on_fed[0].series.is_none() && on_fed[0].count.unwrap_or(1) == 1, "{on_fed:?}");
 

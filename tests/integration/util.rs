@@ -211,3 +211,50 @@ pub async fn converge(spire: &SpireClient, mut expected: Vec<Shown>) -> Vec<Entr
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The Kubernetes Events recorded on the object `ns/name` so far.
+pub async fn events_on(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let list = events.list(&Default::default()).await.unwrap();
+    list.items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(name)).collect()
+}
+
+/// Waits for an Event on the object `ns/name` and returns the first.
+pub async fn event_on(client: &kube::Client, ns: &str, name: &str) -> k8s_openapi::api::core::v1::Event {
+    eventually(&format!("an Event on {ns}/{name}"), Duration::from_secs(30), || async {
+        events_on(client, ns, name).await.into_iter().next()
+    })
+    .await
+}
+
+/// CRD mode's node-alias entry of `node` (uid `node_uid`) in `cluster`.
+pub fn crd_node_entry(cluster: &str, node: &str, node_uid: &str) -> Shown {
+    want(
+        &format!("spiffe://example.org/k8s-workload-registrar/{cluster}/node/{node}"),
+        "spiffe://example.org/spire/server",
+        &[&format!("k8s_psat:cluster:{cluster}"), &format!("k8s_psat:agent_node_uid:{node_uid}")],
+    )
+}
+
+/// CRD mode's entry of the pod with uid `pod_uid` in `ns` on `node`, ID path `id_path`, with
+/// `dns_names`.
+pub fn crd_pod_entry(
+    cluster: &str,
+    node: &str,
+    ns: &str,
+    pod_uid: &str,
+    id_path: &str,
+    dns_names: &[&str],
+) -> Shown {
+    let mut e = want(
+        &format!("spiffe://example.org{id_path}"),
+        &format!("spiffe://example.org/k8s-workload-registrar/{cluster}/node/{node}"),
+        &[&format!("k8s:pod-uid:{pod_uid}"), &format!("k8s:ns:{ns}"), &format!("k8s:node-name:{node}")],
+    );
+    e.dns_names = dns_names.iter().map(|d| d.to_string()).collect();
+    e
+}
