@@ -22,7 +22,10 @@
 //! (paged, in a task: the registrar keeps handling its children meanwhile), hands each node's
 //! owned entries to its new shard, and from then on work is incremental. Nodes that have entries
 //! but no Node object get a shard too; it deletes them. A read that returns after leadership
-//! moved on is dropped.
+//! moved on is dropped. With leader election, once the epoch has *settled* (the previous
+//! leader's last writes are over at SPIRE, `leadership::settled_epochs`), every shard re-reads
+//! its entries, so a write that landed after our initial read is repaired at once rather than at
+//! the next resync.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -30,6 +33,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
@@ -41,7 +45,7 @@ use super::{
 use crate::{
     identity::Naming,
     k8s::{cache::ClusterCache, events::EventSink},
-    leadership::{Leadership, LeadershipRx},
+    leadership::{Leadership, LeadershipRx, settled_epochs},
     model::Entry,
     readiness::Readiness,
     spire::ListFilter,
@@ -73,6 +77,8 @@ pub enum RegistrarMsg {
     Shard(ShardEvent),
     Leadership(Leadership),
     ResyncTick,
+    /// Writes of leaders before `epoch` are over at SPIRE (see `settled_epochs`).
+    Settled(u64),
     Bootstrap,
     /// The initial full read for `epoch`, done by a task so the registrar keeps handling its
     /// children (and their failures) meanwhile.
@@ -134,6 +140,9 @@ pub struct RegistrarArgs {
     /// `/readyz`: synced once every watcher listed; converged for an epoch once its initial read
     /// has been handed to the shards.
     pub readiness: Readiness,
+    /// With leader election: when an epoch's predecessors' writes are over, every shard re-reads
+    /// (see [`settled_epochs`]).
+    pub settle: Option<Duration>,
 }
 
 pub struct Registrar;
@@ -165,6 +174,7 @@ pub struct RegistrarState {
     /// The epoch whose initial read is in flight (at most one at a time).
     reading: Option<u64>,
     leadership_task: JoinHandle<()>,
+    settle_task: Option<JoinHandle<()>>,
 }
 
 impl RegistrarState {
@@ -262,6 +272,17 @@ impl Actor for Registrar {
                 }
             }
         });
+        let settle_task = args.settle.map(|settle| {
+            let (rx, me) = (args.leadership.clone(), myself.clone());
+            tokio::spawn(async move {
+                let mut settled = std::pin::pin!(settled_epochs(rx, settle));
+                while let Some(epoch) = settled.next().await {
+                    if me.cast(RegistrarMsg::Settled(epoch)).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         let mut state = RegistrarState {
             args,
             watchers: BTreeMap::new(),
@@ -272,6 +293,7 @@ impl Actor for Registrar {
             bootstrapped: None,
             reading: None,
             leadership_task,
+            settle_task,
         };
         for kind in state.kinds() {
             spawn_watcher(&myself, &mut state, kind).await?;
@@ -286,6 +308,9 @@ impl Actor for Registrar {
         state: &mut RegistrarState,
     ) -> Result<(), ActorProcessingErr> {
         state.leadership_task.abort();
+        if let Some(t) = &state.settle_task {
+            t.abort();
+        }
         Ok(())
     }
 
@@ -355,6 +380,23 @@ impl Actor for Registrar {
                 }
             }
             RegistrarMsg::ResyncTick => state.poke(None, || ShardMsg::Resync),
+            RegistrarMsg::Settled(epoch) => {
+                let l = *state.args.leadership.borrow();
+                if !(l.leading && l.epoch == epoch) {
+                    return Ok(()); // deposed meanwhile: nothing of ours to repair
+                }
+                if state.bootstrapped == Some(epoch) {
+                    tracing::info!(
+                        epoch,
+                        "Earlier leaders' writes are over; every shard re-reads its entries."
+                    );
+                    state.poke(None, || ShardMsg::Resync);
+                } else {
+                    // The initial read is still to come or in flight (and may have started
+                    // before now): re-read once it has been handed out.
+                    myself.send_after(Duration::from_secs(1), move || RegistrarMsg::Settled(epoch));
+                }
+            }
             RegistrarMsg::Shutdown(reply) => {
                 // Forget the children first so their termination is not mistaken for a crash.
                 state.children.clear();

@@ -43,13 +43,16 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
     };
     let mut children = Vec::new();
 
-    let ctx = Arc::new(controller::Ctx::new(
-        shared.client.clone(),
-        shared.pool.clone(),
-        policy.clone(),
-        shared.leadership.clone(),
-        cc.resync_interval,
-    ));
+    let ctx = Arc::new(
+        controller::Ctx::new(
+            shared.client.clone(),
+            shared.pool.clone(),
+            policy.clone(),
+            shared.leadership.clone(),
+            cc.resync_interval,
+        )
+        .with_settle(shared.settle),
+    );
     // With the projector, its first pass as leader is the convergence signal; without, the
     // controller's synced cache is.
     let controller_readiness = (!cc.pod_controller).then(|| shared.readiness.clone());

@@ -103,6 +103,9 @@ struct ModeTree {
     fault_route: fn(&str) -> Option<(&'static str, String)>,
 }
 
+/// Slack on top of the write budget for scheduling and the server's own clock.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
+
 /// The shared parts a mode builds its children from.
 pub(crate) struct Shared {
     pub client: kube::Client,
@@ -110,6 +113,9 @@ pub(crate) struct Shared {
     pub leadership: LeadershipRx,
     /// `/readyz`; the mode sets synced and converged (see `readiness`).
     pub readiness: Readiness,
+    /// With leader election: how long after a promotion the writes of earlier leaders are over
+    /// at SPIRE, so leader-gated writers re-read then (see `leadership::settled_epochs`).
+    pub settle: Option<Duration>,
 }
 
 /// Runs the registrar described by `cfg` until `shutdown` resolves (then stops gracefully:
@@ -161,6 +167,7 @@ pub async fn run(
         pool: PoolHandle::default(),
         leadership: leadership.clone(),
         readiness: readiness.clone(),
+        settle: write_budget.map(|b| b + SETTLE_MARGIN),
     };
     // Webhook mode: short per-call deadlines, so admissions answer inside the API server's timeout.
     let pool_client = match &cfg.mode {

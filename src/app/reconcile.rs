@@ -38,6 +38,7 @@ pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Resul
         resync_interval: rc.resync_interval,
         events: EventSink::new(shared.client.clone(), &rc.controller_name),
         readiness: shared.readiness.clone(),
+        settle: shared.settle,
     };
     let registrar = registrar_child(args);
     Ok(ModeTree { children: vec![registrar], fault_route })

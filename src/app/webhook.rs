@@ -65,6 +65,7 @@ pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> R
         resync_interval: wc.resync_interval,
         events: EventSink::new(shared.client.clone(), "k8s-workload-registrar"),
         readiness: shared.readiness.clone(),
+        settle: shared.settle,
     });
     let admit = admission::Admission { naming, pool: shared.pool.clone(), pods: Some(shared.client.clone()) }
         .into_admit();

@@ -50,7 +50,7 @@ use crate::{
     },
     diff::EntryOp,
     k8s::events::{EventSink, Reason},
-    leadership::LeadershipRx,
+    leadership::{LeadershipRx, settled_epochs},
     model::Entry,
     readiness::Readiness,
     spire::{ItemError, ListFilter},
@@ -80,6 +80,9 @@ pub struct Ctx {
     pub leadership: LeadershipRx,
     pub events: EventSink,
     pub resync_interval: Duration,
+    /// With leader election: every SpiffeID is reconciled again once a promotion has settled
+    /// (the previous leader's writes are over at SPIRE; `leadership::settled_epochs`).
+    pub settle: Option<Duration>,
     /// Entry IDs whose spec SPIRE refused for good, with the SpiffeID generation refused.
     rejected: Mutex<HashMap<String, i64>>,
 }
@@ -93,7 +96,21 @@ impl Ctx {
         resync_interval: Duration,
     ) -> Self {
         let events = EventSink::new(client.clone(), "k8s-workload-registrar");
-        Self { client, pool, policy, leadership, events, resync_interval, rejected: Mutex::default() }
+        Self {
+            client,
+            pool,
+            policy,
+            leadership,
+            events,
+            resync_interval,
+            settle: None,
+            rejected: Mutex::default(),
+        }
+    }
+
+    pub fn with_settle(mut self, settle: Option<Duration>) -> Self {
+        self.settle = settle;
+        self
     }
 
     async fn get(&self, id: &str) -> Result<Option<Entry>, Error> {
@@ -151,7 +168,13 @@ pub async fn run(
     readiness: Option<Readiness>,
 ) {
     let api: Api<SpiffeID> = Api::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
+    let mut controller = Controller::new(api, watcher::Config::default());
+    if let Some(settle) = ctx.settle {
+        let settled = settled_epochs(ctx.leadership.clone(), settle).map(|epoch| {
+            tracing::info!(epoch, "Earlier leaders' writes are over; reconciling every SpiffeID again.");
+        });
+        controller = controller.reconcile_all_on(settled);
+    }
     let _reporter = readiness.map(|r| {
         let (store, mut leadership) = (controller.store(), ctx.leadership.clone());
         AbortOnDrop(tokio::spawn(async move {

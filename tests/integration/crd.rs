@@ -396,6 +396,12 @@ async fn leader_election_gives_one_writer_and_failover() {
     let holder = leases.get(lease_name).await.unwrap().spec.unwrap().holder_identity.unwrap_or_default();
     assert!(holder.starts_with("crd3b_"), "{holder}");
     assert!(crd_writes(&b).await > 0.0, "the new leader wrote");
+    // Once the old leader's writes are over (lease − renew deadline + 1 s after the promotion),
+    // the new one reconciles every SpiffeID again, repairing any write that landed late.
+    eventually("the new leader's settled pass", Duration::from_secs(30), || async {
+        b.proc.log_text().contains("reconciling every SpiffeID again").then_some(())
+    })
+    .await;
     drop(b);
 }
 

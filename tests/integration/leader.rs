@@ -1,14 +1,15 @@
 //! Two replicas with leader election: exactly one writes; the other takes over when the leader
 //! dies (lease expiry) or shuts down (release); no duplicate entries either way.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::ConfigMap};
+use k8s_workload_registrar::model::{EntrySpec, Selector};
 use kube::Api;
 
 use crate::{
     registrar::{Registrar, metric_value},
-    stack::Stack,
+    stack::{Stack, free_port},
     util::*,
 };
 
@@ -159,4 +160,60 @@ async fn a_write_in_flight_to_a_frozen_server_does_not_land_after_a_takeover() {
     let deleted = metric_value(&m, "registrar_entry_ops_total", &[("op", "delete")]).unwrap_or(0.0);
     assert_eq!(deleted, 0.0, "the new leader had to delete a late write of the old one");
     converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+}
+
+/// What a late write of the previous leader looks like to the new one: an owned entry appearing
+/// after its promotion read. Once the epoch has settled (lease − renew deadline + 1 s = 6 s), the
+/// new leader re-reads and deletes it, with the periodic resync an hour away, so only the
+/// post-promotion re-read can do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_repairs_writes_that_land_after_its_promotion() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    create_node(&k, "n1").await;
+    pod("a", "p1").on("n1").sa("p1").create(&k).await;
+    let extra = format!("{ELECTION}leader_election_resource_lock = \"leases\"\n");
+    let start = |name: &'static str| {
+        let (stack, extra) = (&stack, &extra);
+        async move {
+            let metrics_port = free_port();
+            let config = stack.dir.path().join(format!("{name}.conf"));
+            let text = crate::registrar::base_config(stack, "c", metrics_port, extra)
+                .replace("resync_interval = \"2s\"", "resync_interval = \"1h\"");
+            std::fs::write(&config, text).unwrap();
+            Registrar::start_with_config(stack, name, config, metrics_port, &[]).await
+        }
+    };
+    let a = start("reg-a").await;
+    eventually("reg-a leads", Duration::from_secs(30), || async { is_leader(&a).await.then_some(()) }).await;
+    let b = start("reg-b").await;
+    b.wait_ready().await;
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+
+    let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
+    let before = passes(&b.metrics().await);
+    // A graceful stop releases the lock: reg-b leads within a retry period and re-reads node n1.
+    assert_eq!(a.proc.terminate(Duration::from_secs(20)).await, Some(0));
+    eventually("reg-b leads and has read n1", Duration::from_secs(30), || async {
+        (is_leader(&b).await && passes(&b.metrics().await) > before).then_some(())
+    })
+    .await;
+    spire
+        .create_entries(&[EntrySpec {
+            spiffe_id: id("/ns/a/sa/gone"),
+            parent_id: id("/spire-k8s-registrar/c/node/n1"),
+            selectors: BTreeSet::from([Selector::k8s("ns:a"), Selector::k8s("pod-name:gone")]),
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
+    let deleted = metric_value(&b.metrics().await, "registrar_entry_ops_total", &[("op", "delete")]);
+    assert_eq!(deleted, Some(1.0), "reg-b deletes exactly the late entry");
 }
