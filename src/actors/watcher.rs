@@ -2,7 +2,8 @@
 //! (list + watch with backoff, no streaming lists), strips each object to the core's plain data,
 //! keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
 //!
-//! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer.
+//! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer (of
+//!   stripped objects: each listed object is stripped as it arrives).
 //! * Messages: its supervisor, through [`WatchEvent`] only (a `DerivedActorRef`: the watcher
 //!   knows nothing else of it).
 //!
@@ -113,36 +114,54 @@ impl Actor for Watcher {
         myself: ActorRef<WatcherMsg>,
         args: WatcherArgs,
     ) -> Result<WatcherState, ActorProcessingErr> {
+        let (client, kube) = (&args.client, args.kube.clone());
         let task = match args.kind {
-            WatchKind::Pods => spawn_stream::<Pod>(&args.client, args.kube.clone(), myself, |ev| match ev {
-                Ev::Apply(p) => convert::pod_info(&p).map(|p| Delta::Pod(Box::new(p))),
-                Ev::Delete(p) => Some(Delta::PodGone {
-                    namespace: p.metadata.namespace.clone()?,
-                    name: p.metadata.name.clone()?,
-                }),
-                Ev::Relist(ps) => Some(Delta::Pods(ps.iter().filter_map(convert::pod_info).collect())),
-            }),
-            WatchKind::Nodes => {
-                spawn_stream::<Node>(&args.client, args.kube.clone(), myself, |ev| match ev {
-                    Ev::Apply(n) => convert::node_info(&n).map(Delta::Node),
-                    Ev::Delete(n) => n.metadata.name.clone().map(Delta::NodeGone),
-                    Ev::Relist(ns) => Some(Delta::Nodes(ns.iter().filter_map(convert::node_info).collect())),
-                })
-            }
-            WatchKind::EndpointSlices => {
-                spawn_stream::<EndpointSlice>(&args.client, args.kube.clone(), myself, |ev| match ev {
-                    Ev::Apply(s) => Some(Delta::Slice(s.metadata.name.clone()?, convert::slice_info(&s)?)),
-                    Ev::Delete(s) => Some(Delta::SliceGone {
-                        namespace: s.metadata.namespace.clone()?,
-                        name: s.metadata.name.clone()?,
-                    }),
-                    Ev::Relist(ss) => Some(Delta::Slices(
-                        ss.iter()
-                            .filter_map(|s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)))
-                            .collect(),
-                    )),
-                })
-            }
+            WatchKind::Pods => spawn_stream(
+                client,
+                kube,
+                myself,
+                Strip::<Pod, PodInfo> {
+                    kind: WatchKind::Pods,
+                    one: convert::pod_info,
+                    applied: |p| Delta::Pod(Box::new(p)),
+                    gone: |p| {
+                        Some(Delta::PodGone {
+                            namespace: p.metadata.namespace.clone()?,
+                            name: p.metadata.name.clone()?,
+                        })
+                    },
+                    listed: Delta::Pods,
+                },
+            ),
+            WatchKind::Nodes => spawn_stream(
+                client,
+                kube,
+                myself,
+                Strip::<Node, NodeInfo> {
+                    kind: WatchKind::Nodes,
+                    one: convert::node_info,
+                    applied: Delta::Node,
+                    gone: |n| n.metadata.name.clone().map(Delta::NodeGone),
+                    listed: Delta::Nodes,
+                },
+            ),
+            WatchKind::EndpointSlices => spawn_stream(
+                client,
+                kube,
+                myself,
+                Strip::<EndpointSlice, (String, EndpointSliceInfo)> {
+                    kind: WatchKind::EndpointSlices,
+                    one: |s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)),
+                    applied: |(name, s)| Delta::Slice(name, s),
+                    gone: |s| {
+                        Some(Delta::SliceGone {
+                            namespace: s.metadata.namespace.clone()?,
+                            name: s.metadata.name.clone()?,
+                        })
+                    },
+                    listed: Delta::Slices,
+                },
+            ),
         };
         Ok(WatcherState { args, task, synced: false })
     }
@@ -223,22 +242,29 @@ fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
     Ok(())
 }
 
-/// A raw watcher event, before stripping.
-enum Ev<K> {
-    Apply(K),
-    Delete(K),
-    Relist(Vec<K>),
+/// How one kind's objects become the core's plain data. Every object is stripped the moment it
+/// arrives, including each object of a (re)list, so the full objects of a list are never held
+/// at once (the relist buffer holds only stripped data).
+struct Strip<K, T> {
+    kind: WatchKind,
+    /// The fields the core reads; `None` for objects it ignores (e.g. a pod without a name).
+    one: fn(&K) -> Option<T>,
+    applied: fn(T) -> Delta,
+    gone: fn(&K) -> Option<Delta>,
+    /// A complete (re)list, in one step (see `ClusterCache`'s replace functions).
+    listed: fn(Vec<T>) -> Delta,
 }
 
-fn spawn_stream<K>(
+fn spawn_stream<K, T>(
     client: &kube::Client,
     kube: Reachability,
     myself: ActorRef<WatcherMsg>,
-    strip: impl Fn(Ev<K>) -> Option<Delta> + Send + 'static,
+    strip: Strip<K, T>,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default,
+    T: Send + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
     tokio::spawn(async move {
@@ -246,24 +272,25 @@ where
         let mut stream = watcher(api, watcher::Config::default())
             .backoff(crate::k8s::backoff::WatchBackoff::default())
             .boxed();
-        let mut relist = Vec::new();
+        let mut relist: Vec<T> = Vec::new();
         while let Some(event) = stream.next().await {
             kube.observe(&event);
             let delta = match event {
                 Ok(watcher::Event::Init) => {
-                    relist.clear();
+                    relist = Vec::new();
                     None
                 }
                 Ok(watcher::Event::InitApply(obj)) => {
-                    relist.push(obj);
+                    relist.extend((strip.one)(&obj));
                     None
                 }
-                Ok(watcher::Event::InitDone) => strip(Ev::Relist(std::mem::take(&mut relist))),
-                Ok(watcher::Event::Apply(obj)) => strip(Ev::Apply(obj)),
-                Ok(watcher::Event::Delete(obj)) => strip(Ev::Delete(obj)),
+                Ok(watcher::Event::InitDone) => Some((strip.listed)(std::mem::take(&mut relist))),
+                Ok(watcher::Event::Apply(obj)) => (strip.one)(&obj).map(strip.applied),
+                Ok(watcher::Event::Delete(obj)) => (strip.gone)(&obj),
                 Err(e) => {
-                    tracing::warn!(kind = std::any::type_name::<K>(), error = %e, "Watch error; retrying.");
-                    metrics::counter!("registrar_watch_errors_total").increment(1);
+                    let kind = strip.kind.label();
+                    tracing::warn!(kind, error = %e, "Watch error; retrying.");
+                    metrics::counter!("registrar_watch_errors_total", "kind" => kind).increment(1);
                     None
                 }
             };

@@ -117,8 +117,9 @@ async fn configmap_lock_releases_on_sigterm() {
 
 /// A leader's write in flight to a frozen SPIRE server must not land after another replica has
 /// taken over: write RPCs end within `lease_duration − renew_deadline` (the client cancels the
-/// stream), the deposed leader is gone, and the server, once thawed, finds the request cancelled.
-/// The new leader then has nothing stale to clean up.
+/// stream), the deposed leader is gone (killed, so its connection is closed too), and the
+/// server, once thawed, finds the request cancelled. The new leader then has nothing stale to
+/// clean up. (The settled re-read for writes that do land late is tested below.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_flight_to_a_frozen_server_does_not_land_after_a_takeover() {
     let stack = Stack::start().await;

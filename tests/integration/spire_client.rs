@@ -94,4 +94,21 @@ async fn crud_paging_and_per_item_errors() {
     let wanted: BTreeSet<EntrySpec> = many.into_iter().collect();
     assert_eq!(listed.into_iter().map(|e| e.spec).collect::<BTreeSet<_>>(), wanted);
     assert_eq!(c.count_entries().await.unwrap(), 1203 + 2, "the many, plus /w/good and /w/fed");
+    // A selector filter: SPIRE filters after each SQL page, so matches spread over the pages
+    // come back in short pages, and the listing must still find all of them.
+    let spread: Vec<EntrySpec> =
+        [0, 700, 1202].iter().map(|i| spec(&format!("/spread/{i}"), "/reg/node/n3", "shared")).collect();
+    let mut all: Vec<EntrySpec> =
+        (0..1203).map(|i| spec(&format!("/fill/{i}"), "/reg/node/n3", &format!("f{i}"))).collect();
+    all[0] = spread[0].clone();
+    all[700] = spread[1].clone();
+    all[1202] = spread[2].clone();
+    assert!(c.create_entries(&all).await.unwrap().iter().all(Result::is_ok));
+    let shared = vec![Selector::k8s("ns:t"), Selector::k8s("pod-name:shared")];
+    let found =
+        c.list_entries(&ListFilter { by_selectors: Some(shared), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        found.into_iter().map(|e| e.spec).collect::<BTreeSet<_>>(),
+        spread.into_iter().collect::<BTreeSet<_>>()
+    );
 }
