@@ -11,6 +11,10 @@ pub fn describe() {
     describe_histogram!("registrar_apply_duration_seconds", "Duration of one batch of SPIRE writes.");
     describe_gauge!("registrar_pending_ops", "Entry writes in the last non-empty shard sync.");
     describe_gauge!("registrar_shards", "Node shards running.");
+    describe_gauge!(
+        "registrar_pool_queue_depth",
+        "SPIRE requests waiting for an idle pool worker, by class (write, read)."
+    );
     describe_gauge!("registrar_queue_depth", "Shard sync/resync requests queued and not yet started.");
     describe_gauge!("registrar_pods", "Pods in the cache.");
     describe_counter!("registrar_actor_restarts_total", "Actor restarts after a failure, by actor kind.");

@@ -26,6 +26,13 @@ use ractor::ActorRef;
 
 use crate::{model, spire};
 
+/// How long a caller waits for a pool answer, time in the queue included. Not a tuning knob:
+/// each caller has at most one request queued, so the queues' depth bounds the wait, and every
+/// RPC has its own deadline (`spire::client`); this only ends a wait on a pool that stopped
+/// answering altogether. A shorter bound would make callers give up on requests that are merely
+/// queued behind a large start-up, and queue them again at the back.
+pub const POOL_WAIT: Duration = Duration::from_secs(600);
+
 /// A late-bound reference to the SPIRE pool: the pool's supervisor swaps in the new pool when
 /// it restarts a failed one, and every caller sees it on its next call. Unset until the pool has
 /// started (callers then get "unavailable", like during a pool restart).

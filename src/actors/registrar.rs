@@ -38,7 +38,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use super::{
-    PoolHandle, RestartBudget,
+    POOL_WAIT, PoolHandle, RestartBudget,
     shard::{CLUSTER, NodeShard, Pending, ShardArgs, ShardEvent, ShardMode, ShardMsg, enqueue},
     watcher::{WatchEvent, WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
@@ -175,6 +175,8 @@ pub struct RegistrarState {
     reading: Option<u64>,
     leadership_task: JoinHandle<()>,
     settle_task: Option<JoinHandle<()>>,
+    /// The slot of the resync interval the next `ResyncTick` starts.
+    resync_tick: u32,
 }
 
 impl RegistrarState {
@@ -294,11 +296,13 @@ impl Actor for Registrar {
             reading: None,
             leadership_task,
             settle_task,
+            resync_tick: 0,
         };
         for kind in state.kinds() {
             spawn_watcher(&myself, &mut state, kind).await?;
         }
-        myself.send_interval(state.args.resync_interval, || RegistrarMsg::ResyncTick);
+        // Each shard resyncs once per interval, in its own slot of it (see `resync_slot`).
+        myself.send_interval(state.args.resync_interval / RESYNC_SLOTS, || RegistrarMsg::ResyncTick);
         Ok(state)
     }
 
@@ -379,7 +383,15 @@ impl Actor for Registrar {
                     }
                 }
             }
-            RegistrarMsg::ResyncTick => state.poke(None, || ShardMsg::Resync),
+            RegistrarMsg::ResyncTick => {
+                let tick = state.resync_tick;
+                state.resync_tick = (tick + 1) % RESYNC_SLOTS;
+                for (node, (shard, pending)) in &state.shards {
+                    if resync_slot(node) == tick {
+                        enqueue(shard, pending, ShardMsg::Resync);
+                    }
+                }
+            }
             RegistrarMsg::Settled(epoch) => {
                 let l = *state.args.leadership.borrow();
                 if !(l.leading && l.epoch == epoch) {
@@ -459,6 +471,20 @@ impl Actor for Registrar {
     }
 }
 
+/// Resyncs are spread over the interval: it is cut into this many slots, and each shard resyncs
+/// in its own, so anti-entropy reads trickle in rather than arriving in one storm that the
+/// event-driven work would queue behind.
+const RESYNC_SLOTS: u32 = 20;
+
+/// The slot of the resync interval in which `scope`'s shard resyncs: stable for the process's
+/// life, spread evenly over scopes.
+fn resync_slot(scope: &str) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    scope.hash(&mut h);
+    (h.finish() % u64::from(RESYNC_SLOTS)) as u32
+}
+
 /// The one full read at start and on promotion; see the module docs. The read runs in a task
 /// and comes back as `BootstrapRead`.
 async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarState) {
@@ -478,7 +504,7 @@ async fn maybe_bootstrap(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarS
     state.reading = Some(l.epoch);
     let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
     tokio::spawn(async move {
-        let entries = pool.list(ListFilter::default(), Duration::from_secs(120)).await;
+        let entries = pool.list(ListFilter::default(), POOL_WAIT).await;
         let _ = me.cast(RegistrarMsg::BootstrapRead { epoch, entries });
     });
 }
@@ -540,4 +566,22 @@ async fn bootstrap_read(
     state.bootstrapped = Some(epoch);
     state.args.readiness.set_synced();
     state.args.readiness.set_converged(epoch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_spread_over_the_interval() {
+        let mut per_slot = [0usize; RESYNC_SLOTS as usize];
+        for i in 0..2000 {
+            let scope = format!("node-{i}");
+            let slot = resync_slot(&scope);
+            assert_eq!(slot, resync_slot(&scope), "stable");
+            per_slot[slot as usize] += 1;
+        }
+        // 100 per slot on average; no slot gets a storm.
+        assert!(per_slot.iter().all(|n| (50..=150).contains(n)), "{per_slot:?}");
+    }
 }

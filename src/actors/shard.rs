@@ -33,6 +33,7 @@ use std::{
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::POOL_WAIT;
 use super::spire_pool::{Fence, OpOutcome, PoolMsg};
 use crate::{
     diff::{EntryOp, diff},
@@ -46,8 +47,6 @@ use crate::{
     spire::{ItemError, ListFilter},
 };
 
-/// Long enough for a batch against a slow server, short enough to notice a stuck worker.
-const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub enum ShardMsg {
@@ -318,7 +317,7 @@ async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {
         }
         ShardMode::Cluster => args.naming.webhook_cluster_id().map_err(|e| e.to_string())?,
     };
-    let by = |f: ListFilter| args.pool.list(f, POOL_TIMEOUT);
+    let by = |f: ListFilter| args.pool.list(f, POOL_WAIT);
     let mut entries = by(ListFilter { by_parent_id: Some(anchor.clone()), ..Default::default() }).await?;
     let own = by(ListFilter { by_spiffe_id: Some(anchor), ..Default::default() }).await?;
     entries.extend(own.into_iter().filter(|e| e.spec.parent_id == args.naming.server_id()));
@@ -363,7 +362,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     let reply = state
         .args
         .pool
-        .call(|reply| PoolMsg::Apply { ops, fence: Fence::Epoch(leadership.epoch), reply }, POOL_TIMEOUT)
+        .call(|reply| PoolMsg::Apply { ops, fence: Fence::Epoch(leadership.epoch), reply }, POOL_WAIT)
         .await;
     let outcomes = match reply {
         Ok(Ok(outcomes)) => outcomes,

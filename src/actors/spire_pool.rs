@@ -1,12 +1,21 @@
 //! `SpirePool`: a small pool of `SpireWorker` actors, each owning one SPIRE client (one HTTP/2
 //! channel), that perform the registrar's SPIRE reads and writes.
 //!
-//! * Owns: the workers and the round-robin cursor. Supervises the workers: a worker that fails
-//!   is replaced on its own; requests it was handling fail back to their caller (the reply port
+//! * Owns: the workers and the request queues. Supervises the workers: a worker that fails is
+//!   replaced on its own; the request it was handling fails back to its caller (the reply port
 //!   is dropped), which retries.
 //! * Receives: `List`, `Get` and `Apply` from shards, the registrar and crd mode's SpiffeID
-//!   controller; `Fail` (fault injection).
-//! * Messages nobody: replies go straight from the worker to the caller's reply port.
+//!   controller; `WorkerDone` from its workers; `Fail` (fault injection).
+//! * Messages its workers, one request each at a time; replies go straight from the worker to
+//!   the caller's reply port.
+//!
+//! # Queues
+//! Requests wait in the pool, not in worker mailboxes, and go to whichever worker is idle.
+//! Writes and point reads (`Apply`, `Get`: event-driven work) go first; listings (`List`:
+//! anti-entropy and start-up reads) run on at most all workers but one, so a write never waits
+//! behind a resync's reads. Every caller has at most one request outstanding (shards are
+//! sequential), so the queues' depth is bounded by the number of callers, and a request whose
+//! caller gave up waiting is dropped unsent rather than run late.
 //!
 //! # Fencing
 //! Every `Apply` carries a [`Fence`]. Leader-gated writers send `Fence::Epoch` with the leadership
@@ -17,9 +26,9 @@
 //! replica answers admissions, so they are the one unfenced writer; they run concurrently, each
 //! in its own task on the pool's client, never queued behind anti-entropy work.
 
-use std::time::Instant;
+use std::{collections::VecDeque, time::Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::{
     diff::EntryOp,
@@ -72,6 +81,8 @@ pub enum PoolMsg {
     },
     /// A read for an admission: answered concurrently, like admission writes.
     AdmissionList(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    /// From a worker: its request is answered; it is idle.
+    WorkerDone(WorkerDone),
     /// Test-only fault injection: `None` fails the pool itself, `Some(i)` worker `i`.
     #[cfg(feature = "fault-injection")]
     Fail(Option<usize>),
@@ -85,17 +96,119 @@ pub struct PoolArgs {
 
 pub struct SpirePool;
 
+/// A worker's report to the pool (through a `DerivedActorRef`: workers know nothing else of it).
+#[derive(Debug)]
+pub struct WorkerDone(ActorId);
+
+impl From<WorkerDone> for PoolMsg {
+    fn from(d: WorkerDone) -> Self {
+        PoolMsg::WorkerDone(d)
+    }
+}
+
+impl TryFrom<PoolMsg> for WorkerDone {
+    type Error = ();
+    fn try_from(m: PoolMsg) -> Result<Self, ()> {
+        match m {
+            PoolMsg::WorkerDone(d) => Ok(d),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Which queue a request waits in (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `Apply` and `Get`: event-driven work, first.
+    Urgent,
+    /// `List`: anti-entropy and start-up reads.
+    Background,
+}
+
+impl Class {
+    fn label(self) -> &'static str {
+        match self {
+            Class::Urgent => "write",
+            Class::Background => "read",
+        }
+    }
+}
+
+/// The two queues and the rule for what an idle worker takes next.
+struct Queues<T> {
+    urgent: VecDeque<T>,
+    background: VecDeque<T>,
+}
+
+impl<T> Default for Queues<T> {
+    fn default() -> Self {
+        Self { urgent: VecDeque::new(), background: VecDeque::new() }
+    }
+}
+
+impl<T> Queues<T> {
+    fn push(&mut self, class: Class, t: T) {
+        match class {
+            Class::Urgent => self.urgent.push_back(t),
+            Class::Background => self.background.push_back(t),
+        }
+    }
+
+    /// The next request for an idle worker: urgent ones first, in arrival order; background ones
+    /// only while fewer than `background_limit` of them run.
+    fn pop(&mut self, background_running: usize, background_limit: usize) -> Option<(Class, T)> {
+        if let Some(t) = self.urgent.pop_front() {
+            return Some((Class::Urgent, t));
+        }
+        if background_running < background_limit {
+            return self.background.pop_front().map(|t| (Class::Background, t));
+        }
+        None
+    }
+
+    fn len(&self, class: Class) -> usize {
+        match class {
+            Class::Urgent => self.urgent.len(),
+            Class::Background => self.background.len(),
+        }
+    }
+}
+
+struct Slot {
+    worker: ActorRef<WorkerMsg>,
+    /// The class of the request it is handling, if any.
+    running: Option<Class>,
+}
+
 pub struct PoolState {
     args_client: SpireClient,
     leadership: LeadershipRx,
-    workers: Vec<ActorRef<WorkerMsg>>,
-    next: usize,
+    workers: Vec<Slot>,
+    queues: Queues<WorkerMsg>,
 }
 
 impl PoolState {
-    fn pick(&mut self) -> ActorRef<WorkerMsg> {
-        self.next = (self.next + 1) % self.workers.len();
-        self.workers[self.next].clone()
+    /// Hands queued requests to idle workers until one of them runs out.
+    fn dispatch(&mut self) -> Result<(), ActorProcessingErr> {
+        let limit = self.workers.len().saturating_sub(1).max(1);
+        while let Some(slot) = self.workers.iter().position(|s| s.running.is_none()) {
+            let running = self.workers.iter().filter(|s| s.running == Some(Class::Background)).count();
+            let Some((class, msg)) = self.queues.pop(running, limit) else { break };
+            if msg.abandoned() {
+                tracing::debug!(
+                    class = class.label(),
+                    "Dropping a SPIRE request whose caller stopped waiting."
+                );
+                continue;
+            }
+            self.workers[slot].worker.cast(msg)?;
+            self.workers[slot].running = Some(class);
+        }
+        for class in [Class::Urgent, Class::Background] {
+            metrics::gauge!("registrar_pool_queue_depth", "class" => class.label())
+                .set(self.queues.len(class) as f64);
+        }
+        Ok(())
     }
 }
 
@@ -103,15 +216,15 @@ async fn spawn_worker(
     pool: &ActorRef<PoolMsg>,
     client: &SpireClient,
     leadership: &LeadershipRx,
-) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
+) -> Result<Slot, ActorProcessingErr> {
     let (worker, _) = Actor::spawn_linked(
         None,
         SpireWorker,
-        WorkerArgs { client: client.clone(), leadership: leadership.clone() },
+        WorkerArgs { client: client.clone(), leadership: leadership.clone(), done: pool.get_derived() },
         pool.get_cell(),
     )
     .await?;
-    Ok(worker)
+    Ok(Slot { worker, running: None })
 }
 
 impl Actor for SpirePool {
@@ -128,7 +241,12 @@ impl Actor for SpirePool {
         for _ in 0..args.workers.max(1) {
             workers.push(spawn_worker(&myself, &args.client, &args.leadership).await?);
         }
-        Ok(PoolState { args_client: args.client, leadership: args.leadership, workers, next: 0 })
+        Ok(PoolState {
+            args_client: args.client,
+            leadership: args.leadership,
+            workers,
+            queues: Queues::default(),
+        })
     }
 
     async fn handle(
@@ -138,10 +256,17 @@ impl Actor for SpirePool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PoolMsg::List(filter, reply) => state.pick().cast(WorkerMsg::List(filter, reply))?,
-            PoolMsg::Get(id, reply) => state.pick().cast(WorkerMsg::Get(id, reply))?,
+            PoolMsg::List(filter, reply) => {
+                state.queues.push(Class::Background, WorkerMsg::List(filter, reply))
+            }
+            PoolMsg::Get(id, reply) => state.queues.push(Class::Urgent, WorkerMsg::Get(id, reply)),
             PoolMsg::Apply { ops, fence: Fence::Epoch(epoch), reply } => {
-                state.pick().cast(WorkerMsg::Apply { ops, epoch, reply })?
+                state.queues.push(Class::Urgent, WorkerMsg::Apply { ops, epoch, reply })
+            }
+            PoolMsg::WorkerDone(WorkerDone(id)) => {
+                if let Some(slot) = state.workers.iter_mut().find(|s| s.worker.get_id() == id) {
+                    slot.running = None;
+                }
             }
             PoolMsg::Apply { ops, fence: Fence::Admission, reply } => {
                 let (client, leadership) = (state.args_client.clone(), state.leadership.clone());
@@ -160,11 +285,11 @@ impl Actor for SpirePool {
             #[cfg(feature = "fault-injection")]
             PoolMsg::Fail(Some(i)) => {
                 if let Some(w) = state.workers.get(i % state.workers.len().max(1)) {
-                    w.cast(WorkerMsg::Fail)?;
+                    w.worker.cast(WorkerMsg::Fail)?;
                 }
             }
         }
-        Ok(())
+        state.dispatch()
     }
 
     async fn handle_supervisor_evt(
@@ -182,12 +307,12 @@ impl Actor for SpirePool {
             _ => None,
         };
         if let Some(id) = dead
-            && let Some(i) = state.workers.iter().position(|w| w.get_id() == id)
+            && let Some(i) = state.workers.iter().position(|w| w.worker.get_id() == id)
         {
             metrics::counter!("registrar_actor_restarts_total", "actor" => "spire_worker").increment(1);
             state.workers[i] = spawn_worker(&myself, &state.args_client, &state.leadership).await?;
         }
-        Ok(())
+        state.dispatch()
     }
 }
 
@@ -205,9 +330,24 @@ pub enum WorkerMsg {
     Fail,
 }
 
+impl WorkerMsg {
+    /// The caller stopped waiting (timed out or went away): nobody would read the answer.
+    fn abandoned(&self) -> bool {
+        match self {
+            WorkerMsg::List(_, r) => r.is_closed(),
+            WorkerMsg::Get(_, r) => r.is_closed(),
+            WorkerMsg::Apply { reply, .. } => reply.is_closed(),
+            #[cfg(feature = "fault-injection")]
+            WorkerMsg::Fail => false,
+        }
+    }
+}
+
 pub struct WorkerArgs {
     client: SpireClient,
     leadership: LeadershipRx,
+    /// Told after every request, so the pool can hand it the next one.
+    done: DerivedActorRef<WorkerDone>,
 }
 
 /// One SPIRE client; handles one request at a time.
@@ -228,7 +368,7 @@ impl Actor for SpireWorker {
 
     async fn handle(
         &self,
-        _myself: ActorRef<WorkerMsg>,
+        myself: ActorRef<WorkerMsg>,
         msg: WorkerMsg,
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
@@ -246,6 +386,8 @@ impl Actor for SpireWorker {
             #[cfg(feature = "fault-injection")]
             WorkerMsg::Fail => return Err("fault injected into a SPIRE worker".into()),
         }
+        // A pool that is gone (shutting down) needs no report.
+        let _ = state.done.send_message(WorkerDone(myself.get_id()));
         Ok(())
     }
 }
@@ -377,6 +519,26 @@ mod tests {
         SpireClient::unix("/nonexistent/kwr-test.sock")
             .unwrap()
             .with_timeout(std::time::Duration::from_millis(50))
+    }
+
+    #[test]
+    fn writes_go_first_and_reads_never_take_the_last_worker() {
+        let mut q = Queues::default();
+        q.push(Class::Background, "resync n1");
+        q.push(Class::Background, "resync n2");
+        q.push(Class::Urgent, "create p1");
+        q.push(Class::Urgent, "create p2");
+        // Two workers: reads may use one of them.
+        assert_eq!(q.pop(0, 1), Some((Class::Urgent, "create p1")));
+        assert_eq!(q.pop(0, 1), Some((Class::Urgent, "create p2")));
+        assert_eq!(q.pop(0, 1), Some((Class::Background, "resync n1")));
+        // One read runs: the other worker stays free for the next write.
+        assert_eq!(q.pop(1, 1), None);
+        q.push(Class::Urgent, "delete p3");
+        assert_eq!(q.pop(1, 1), Some((Class::Urgent, "delete p3")));
+        assert_eq!(q.pop(0, 1), Some((Class::Background, "resync n2")));
+        assert_eq!(q.pop(0, 1), None);
+        assert_eq!((q.len(Class::Urgent), q.len(Class::Background)), (0, 0));
     }
 
     #[tokio::test]

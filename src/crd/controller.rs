@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     actors::{
-        PoolHandle,
+        POOL_WAIT, PoolHandle,
         spire_pool::{ApplyError, Fence, OpOutcome, PoolMsg},
         task::AbortOnDrop,
     },
@@ -116,14 +116,14 @@ impl Ctx {
     async fn get(&self, id: &str) -> Result<Option<Entry>, Error> {
         let id = id.to_string();
         self.pool
-            .call(|r| PoolMsg::Get(id, r), POOL_TIMEOUT)
+            .call(|r| PoolMsg::Get(id, r), POOL_WAIT)
             .await
             .map_err(|e| Error::Spire(e.to_string()))?
             .map_err(Error::Spire)
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<Entry>, Error> {
-        self.pool.list(filter, POOL_TIMEOUT).await.map_err(Error::Spire)
+        self.pool.list(filter, POOL_WAIT).await.map_err(Error::Spire)
     }
 
     /// One write, sent only while this replica still leads in `epoch` (the pool checks
@@ -131,7 +131,7 @@ impl Ctx {
     async fn write(&self, op: EntryOp, epoch: u64) -> Result<Result<Option<Entry>, ItemError>, Error> {
         let reply = self
             .pool
-            .call(|reply| PoolMsg::Apply { ops: vec![op], fence: Fence::Epoch(epoch), reply }, POOL_TIMEOUT)
+            .call(|reply| PoolMsg::Apply { ops: vec![op], fence: Fence::Epoch(epoch), reply }, POOL_WAIT)
             .await
             .map_err(|e| Error::Spire(e.to_string()))?;
         match reply {
@@ -153,9 +153,6 @@ impl Ctx {
             .map_err(|e| Error::Item { op: "delete", reason: e.to_string() })
     }
 }
-
-/// Long enough for a write against a slow server; the pool's workers bound each RPC themselves.
-const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const RETRY: Duration = Duration::from_secs(3);
 
