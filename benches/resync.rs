@@ -1,12 +1,13 @@
 //! Anti-entropy cost against a real spire-server, side by side in one run, as ratios.
 //!
-//! The original registrar found stale entries by listing **every** entry in SPIRE every 10 s.
-//! This registrar resyncs per node: two filtered reads (by parent ID, by alias ID) per node, and
-//! only the nodes it is asked about. Both are measured here on the same server and data:
+//! The original registrar found stale entries by listing **every** entry in SPIRE every 10 s;
+//! this registrar lists every entry once per `resync_interval` (60 s) and hands each shard its
+//! own, and a shard that must re-read alone makes two filtered reads (by parent ID, by alias ID).
+//! Both are measured here on the same server and data:
 //!
-//! * `full list`: one paged `ListEntries` of all entries (the original's poll);
-//! * `one node`: our per-node read for a single node (what an event-driven repair costs);
-//! * `all nodes`: our per-node reads for every node (a full periodic resync).
+//! * `full list`: one paged `ListEntries` of all entries (the original's poll, our anti-entropy);
+//! * `one node`: one shard's own re-read (restart, promotion, a write during the listing);
+//! * `all nodes`: per-node reads for every node (how periodic resyncs worked before).
 //!
 //! `cargo bench --bench resync` runs the full size (100 nodes × 50 pods); under `cargo test` it
 //! runs a small smoke size so the benchmark itself stays working. Timings are wall-clock on a

@@ -26,6 +26,12 @@
 //! leader's last writes are over at SPIRE, `leadership::settled_epochs`), every shard re-reads
 //! its entries, so a write that landed after our initial read is repaired at once rather than at
 //! the next resync.
+//!
+//! # Anti-entropy
+//! Once per `resync_interval` the leader lists every entry once (paged, in a task) and hands each
+//! shard its owned entries as a snapshot: idle cost O(entries) calls per interval, not O(nodes).
+//! A shard that wrote after the listing began ignores it and re-reads its own entries (filtered),
+//! so a stale page never overwrites what a write taught it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -79,6 +85,12 @@ pub enum RegistrarMsg {
     ResyncTick,
     /// Writes of leaders before `epoch` are over at SPIRE (see `settled_epochs`).
     Settled(u64),
+    /// The periodic listing of every entry, begun at `taken_at` (done by a task).
+    AntiEntropyRead {
+        epoch: u64,
+        taken_at: std::time::Instant,
+        entries: Result<Vec<Entry>, String>,
+    },
     Bootstrap,
     /// The initial full read for `epoch`, done by a task so the registrar keeps handling its
     /// children (and their failures) meanwhile.
@@ -175,8 +187,8 @@ pub struct RegistrarState {
     reading: Option<u64>,
     leadership_task: JoinHandle<()>,
     settle_task: Option<JoinHandle<()>>,
-    /// The slot of the resync interval the next `ResyncTick` starts.
-    resync_tick: u32,
+    /// An anti-entropy listing is in flight (at most one at a time).
+    anti_entropy: bool,
 }
 
 impl RegistrarState {
@@ -209,6 +221,22 @@ impl RegistrarState {
             notify: myself.get_derived(),
             pending: Pending::default(),
         }
+    }
+
+    /// Owned entries by the scope (node, or `CLUSTER`) of the shard that owns them; entries of
+    /// no shard (hand-made, other clusters') are left out.
+    fn by_scope(&self, entries: Vec<Entry>) -> BTreeMap<String, Vec<Entry>> {
+        let mut out: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for e in entries {
+            let scope = match self.args.mode {
+                ShardMode::PerNode => self.args.naming.node_of(&e.spec),
+                ShardMode::Cluster => self.args.naming.webhook_owns(&e.spec).then(|| CLUSTER.to_string()),
+            };
+            if let Some(scope) = scope {
+                out.entry(scope).or_default().push(e);
+            }
+        }
+        out
     }
 
     /// Queues `msg()` for every shard in `nodes` (all shards when `None`).
@@ -296,13 +324,12 @@ impl Actor for Registrar {
             reading: None,
             leadership_task,
             settle_task,
-            resync_tick: 0,
+            anti_entropy: false,
         };
         for kind in state.kinds() {
             spawn_watcher(&myself, &mut state, kind).await?;
         }
-        // Each shard resyncs once per interval, in its own slot of it (see `resync_slot`).
-        myself.send_interval(state.args.resync_interval / RESYNC_SLOTS, || RegistrarMsg::ResyncTick);
+        myself.send_interval(state.args.resync_interval, || RegistrarMsg::ResyncTick);
         Ok(state)
     }
 
@@ -383,14 +410,10 @@ impl Actor for Registrar {
                     }
                 }
             }
-            RegistrarMsg::ResyncTick => {
-                let tick = state.resync_tick;
-                state.resync_tick = (tick + 1) % RESYNC_SLOTS;
-                for (node, (shard, pending)) in &state.shards {
-                    if resync_slot(node) == tick {
-                        enqueue(shard, pending, ShardMsg::Resync);
-                    }
-                }
+            RegistrarMsg::ResyncTick => start_anti_entropy(&myself, state),
+            RegistrarMsg::AntiEntropyRead { epoch, taken_at, entries } => {
+                state.anti_entropy = false;
+                anti_entropy_read(&myself, state, epoch, taken_at, entries).await;
             }
             RegistrarMsg::Settled(epoch) => {
                 let l = *state.args.leadership.borrow();
@@ -471,18 +494,59 @@ impl Actor for Registrar {
     }
 }
 
-/// Resyncs are spread over the interval: it is cut into this many slots, and each shard resyncs
-/// in its own, so anti-entropy reads trickle in rather than arriving in one storm that the
-/// event-driven work would queue behind.
-const RESYNC_SLOTS: u32 = 20;
+/// Anti-entropy, once per `resync_interval` while leading: one paged listing of every entry
+/// (O(entries / page size) calls, however many nodes), in a task.
+fn start_anti_entropy(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarState) {
+    let l = *state.args.leadership.borrow();
+    if !l.leading || state.bootstrapped != Some(l.epoch) || state.anti_entropy {
+        return;
+    }
+    state.anti_entropy = true;
+    let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
+    tokio::spawn(async move {
+        let taken_at = std::time::Instant::now();
+        let entries = pool.list(ListFilter::default(), POOL_WAIT).await;
+        let _ = me.cast(RegistrarMsg::AntiEntropyRead { epoch, taken_at, entries });
+    });
+}
 
-/// The slot of the resync interval in which `scope`'s shard resyncs: stable for the process's
-/// life, spread evenly over scopes.
-fn resync_slot(scope: &str) -> u32 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    scope.hash(&mut h);
-    (h.finish() % u64::from(RESYNC_SLOTS)) as u32
+/// Hands every shard its owned entries from the listing (`ShardMsg::Snapshot`; a shard that
+/// wrote since `taken_at` re-reads its own instead, so the listing never overwrites newer
+/// knowledge). Owned entries of a scope with no shard get one, which deletes them.
+async fn anti_entropy_read(
+    myself: &ActorRef<RegistrarMsg>,
+    state: &mut RegistrarState,
+    epoch: u64,
+    taken_at: std::time::Instant,
+    entries: Result<Vec<Entry>, String>,
+) {
+    let l = *state.args.leadership.borrow();
+    if !(l.leading && l.epoch == epoch) || state.bootstrapped != Some(epoch) {
+        return;
+    }
+    let entries = match entries {
+        Ok(e) => e,
+        Err(why) => {
+            // The next tick tries again; until then every shard keeps what it knows.
+            tracing::warn!(error = %why, "Anti-entropy listing of SPIRE entries failed.");
+            return;
+        }
+    };
+    let mut by_scope = state.by_scope(entries);
+    for (node, (shard, pending)) in &state.shards {
+        let entries = by_scope.remove(node).unwrap_or_default();
+        enqueue(shard, pending, ShardMsg::Snapshot { taken_at, entries });
+    }
+    for (node, entries) in by_scope {
+        tracing::info!(
+            node,
+            entries = entries.len(),
+            "Owned entries of a scope without a shard; deleting them."
+        );
+        if let Err(e) = spawn_shard(myself, state, &node, Some(entries)).await {
+            tracing::error!(node, error = %e, "Could not start node shard.");
+        }
+    }
 }
 
 /// The one full read at start and on promotion; see the module docs. The read runs in a task
@@ -528,18 +592,8 @@ async fn bootstrap_read(
             return;
         }
     };
-    let mut by_node: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let naming = state.args.naming.clone();
+    let mut by_node = state.by_scope(entries);
     let mode = state.args.mode;
-    for e in entries {
-        let scope = match mode {
-            ShardMode::PerNode => naming.node_of(&e.spec),
-            ShardMode::Cluster => naming.webhook_owns(&e.spec).then(|| CLUSTER.to_string()),
-        };
-        if let Some(scope) = scope {
-            by_node.entry(scope).or_default().push(e);
-        }
-    }
     let mut nodes: BTreeSet<String> = match mode {
         ShardMode::PerNode => state.args.cache.node_names(),
         ShardMode::Cluster => BTreeSet::from([CLUSTER.to_string()]),
@@ -566,22 +620,4 @@ async fn bootstrap_read(
     state.bootstrapped = Some(epoch);
     state.args.readiness.set_synced();
     state.args.readiness.set_converged(epoch);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resyncs_spread_over_the_interval() {
-        let mut per_slot = [0usize; RESYNC_SLOTS as usize];
-        for i in 0..2000 {
-            let scope = format!("node-{i}");
-            let slot = resync_slot(&scope);
-            assert_eq!(slot, resync_slot(&scope), "stable");
-            per_slot[slot as usize] += 1;
-        }
-        // 100 per slot on average; no slot gets a storm.
-        assert!(per_slot.iter().all(|n| (50..=150).contains(n)), "{per_slot:?}");
-    }
 }

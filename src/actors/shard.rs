@@ -54,6 +54,9 @@ pub enum ShardMsg {
     Sync,
     /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
     Resync,
+    /// Anti-entropy from the registrar's listing begun at `taken_at`: this shard's owned entries
+    /// as they were then. Believed only if the shard has not written since (else: `Resync`).
+    Snapshot { taken_at: std::time::Instant, entries: Vec<Entry> },
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
     #[cfg(feature = "fault-injection")]
     Fail,
@@ -161,6 +164,8 @@ pub struct ShardState {
     suspects: HashMap<String, std::time::Instant>,
     backoff: Duration,
     retry_scheduled: bool,
+    /// When the last write was sent: a listing begun before it may not show it.
+    last_write: Option<std::time::Instant>,
 }
 
 impl Actor for NodeShard {
@@ -183,6 +188,7 @@ impl Actor for NodeShard {
             suspects: HashMap::new(),
             backoff: Duration::from_millis(500),
             retry_scheduled: false,
+            last_write: None,
         })
     }
 
@@ -203,6 +209,13 @@ impl Actor for NodeShard {
                 state.args.pending.take_one();
                 state.retry_scheduled = false;
                 state.actual = None;
+                sync(&myself, state).await;
+            }
+            ShardMsg::Snapshot { taken_at, entries } => {
+                state.args.pending.take_one();
+                // A write sent after the listing began may be missing from it (or shown undone).
+                let stale = state.last_write.is_some_and(|w| w >= taken_at);
+                state.actual = if stale { None } else { Some(entries) };
                 sync(&myself, state).await;
             }
             #[cfg(feature = "fault-injection")]
@@ -253,9 +266,10 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
 
 async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, e: IdentityError) {
     let msg = e.to_string();
-    metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label()).increment(1);
-    // One log line and one Event per distinct problem, not one per sync.
+    // One log line, one count and one Event per distinct problem, not one per sync (a resync
+    // must not make the counter climb for a pod that stays the same).
     if state.reported.insert(format!("{uid}|{msg}")) {
+        metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label()).increment(1);
         tracing::warn!(namespace, pod = name, error = %msg, "Pod gets no SPIFFE identity.");
         state.args.events.pod_warning(namespace, name, uid, Reason::of_identity(&e), msg);
     }
@@ -359,6 +373,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
+    state.last_write = Some(std::time::Instant::now());
     let reply = state
         .args
         .pool

@@ -255,3 +255,44 @@ async fn api_server_outage_is_survived_and_caught_up() {
     delete_pod(&k, "a", "p1").await;
     converge(&spire, vec![node_entry("c", "n1"), pod_entry("c", "n1", "a", "p2", "/ns/a/sa/s2")]).await;
 }
+
+/// Idle anti-entropy is one paged listing of every entry per `resync_interval`, handed out to the
+/// shards, not two reads per node, and with nothing changing it writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_anti_entropy_lists_once_per_interval_and_writes_nothing() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    let mut expected = Vec::new();
+    for n in 0..30 {
+        let node = format!("n{n}");
+        create_node(&k, &node).await;
+        pod("a", &format!("p{n}")).on(&node).sa("s").create(&k).await;
+        expected.push(node_entry("c", &node));
+        expected.push(pod_entry("c", &node, "a", &format!("p{n}"), "/ns/a/sa/s"));
+    }
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    converge(&spire, expected.clone()).await;
+
+    let count = |m: &str| {
+        let lists = metric_value(m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]);
+        let passes = metric_value(m, "registrar_reconcile_duration_seconds_count", &[]);
+        let writes = metric_value(m, "registrar_entry_ops_total", &[]);
+        (lists.unwrap_or(0.0), passes.unwrap_or(0.0), writes.unwrap_or(0.0))
+    };
+    let (lists0, passes0, writes0) = count(&reg.metrics().await);
+    // Every shard has been handed at least three listings (30 shard passes per round; resync 2 s).
+    let (lists, passes, writes) =
+        eventually("three anti-entropy rounds", Duration::from_secs(60), || async {
+            let now = count(&reg.metrics().await);
+            (now.1 >= passes0 + 90.0).then_some(now)
+        })
+        .await;
+    let rounds = ((passes - passes0) / 30.0).floor();
+    let calls = lists - lists0;
+    assert!(calls <= rounds + 1.0, "{calls} ListEntries calls for {rounds} rounds over 30 nodes");
+    assert_eq!(writes, writes0, "an idle resync wrote to SPIRE");
+    converge(&spire, expected).await;
+}
