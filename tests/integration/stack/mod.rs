@@ -256,6 +256,9 @@ pub struct Spire {
     pub socket: PathBuf,
     /// The TCP port (agents, and mTLS clients) on 127.0.0.1.
     pub bind_port: u16,
+    /// spire-server's Prometheus endpoint on 127.0.0.1, when started with telemetry.
+    #[allow(dead_code)] // read by benches/scale.rs, which shares this module through #[path]
+    pub telemetry_port: Option<u16>,
     dir: PathBuf,
     proc: Proc,
 }
@@ -268,11 +271,26 @@ impl Spire {
     /// Like `start`, with `extra_plugins` (HCL plugin blocks, e.g. a `NodeAttestor`) added to
     /// the `plugins` section.
     pub async fn start_with(dir: &Path, extra_plugins: &str) -> Spire {
+        Self::start_opts(dir, extra_plugins, false).await
+    }
+
+    /// Like `start`, with spire-server's own Prometheus telemetry on `telemetry_port` (for
+    /// counting the calls it served, e.g. `spire_server_rpc_entry_v1_entry_list_entries`).
+    #[allow(dead_code)] // used by benches/scale.rs
+    pub async fn start_with_telemetry(dir: &Path) -> Spire {
+        Self::start_opts(dir, "", true).await
+    }
+
+    async fn start_opts(dir: &Path, extra_plugins: &str, telemetry: bool) -> Spire {
         let dir = dir.join("spire");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let socket = dir.join("api.sock");
         for _ in 0..PORT_ATTEMPTS {
             let bind_port = free_port();
+            let telemetry_port = telemetry.then(free_port);
+            let telemetry_block = telemetry_port
+                .map(|p| format!("telemetry {{\n    Prometheus {{\n        host = \"127.0.0.1\"\n        port = {p}\n    }}\n}}\n"))
+                .unwrap_or_default();
             let conf = format!(
                 r#"server {{
     bind_address = "127.0.0.1"
@@ -294,13 +312,13 @@ plugins {{
     }}
     {extra_plugins}
 }}
-"#,
+{telemetry_block}"#,
                 sock = socket.display(),
                 data = dir.join("data").display(),
             );
             std::fs::write(dir.join("server.conf"), conf).unwrap();
             let proc = Self::spawn(&dir);
-            let spire = Spire { socket: socket.clone(), bind_port, dir: dir.clone(), proc };
+            let spire = Spire { socket: socket.clone(), bind_port, telemetry_port, dir: dir.clone(), proc };
             match spire.try_wait_healthy().await {
                 Ok(()) => return spire,
                 Err(_) if spire.proc.lost_port_race() => continue,

@@ -1,0 +1,334 @@
+//! Scale against the real stack (etcd + kube-apiserver + spire-server), with the floor measured
+//! in the same run and every figure printed next to it as a ratio.
+//!
+//! 1. `floor`: a fresh spire-server gets the very entries a converged registrar writes (node
+//!    aliases + one entry per pod), created directly with `BatchCreateEntry` (50 per batch, two
+//!    calls in flight: what one client can get out of the server).
+//! 2. `cold`: another fresh spire-server; the registrar starts against the cluster that already
+//!    holds every pod; time from its start until SPIRE holds every entry.
+//! 3. `steady`: pods created one by one, spread over 1.5 resync intervals (so a resync falls in
+//!    the window); time from each create call until its entry is in SPIRE (p50/p99/max).
+//! 4. `idle`: nothing changes for two resync intervals; ListEntries calls per minute, counted by
+//!    spire-server's own telemetry.
+//! 5. peak RSS of the registrar (VmHWM).
+//!
+//! `cargo bench --bench scale` runs 10,000 pods on 200 nodes (`-- --pods N` for other sizes:
+//! N/50 nodes; `-- --resync S` for the resync interval in seconds, default 60); `cargo test`
+//! runs a smoke size so the benchmark itself keeps working. Wall-clock figures on a shared
+//! machine: read the ratios.
+
+#[path = "../tests/integration/stack/mod.rs"]
+#[allow(dead_code)]
+mod stack;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_workload_registrar::{
+    id::{SpiffeId, TrustDomain},
+    model::{EntrySpec, Selector},
+    spire::{ListFilter, SpireClient},
+};
+use kube::{Api, api::PostParams};
+use serde_json::json;
+
+const CLUSTER: &str = "bench";
+const NS: &str = "bench";
+const PODS_PER_NODE: usize = 50;
+
+struct Size {
+    pods: usize,
+    nodes: usize,
+    resync: Duration,
+    steady_pods: usize,
+}
+
+impl Size {
+    fn from_args() -> Size {
+        let args: Vec<String> = std::env::args().collect();
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        if !args.iter().any(|a| a == "--bench") {
+            return Size { pods: 200, nodes: 4, resync: Duration::from_secs(2), steady_pods: 20 };
+        }
+        let pods = value("--pods").unwrap_or(10_000) as usize;
+        Size {
+            pods,
+            nodes: pods.div_ceil(PODS_PER_NODE),
+            resync: Duration::from_secs(value("--resync").unwrap_or(60)),
+            steady_pods: 200,
+        }
+    }
+}
+
+fn td() -> TrustDomain {
+    TrustDomain::parse("example.org").unwrap()
+}
+
+fn node_name(n: usize) -> String {
+    format!("n{n}")
+}
+
+/// The entries a converged registrar holds for the cluster (service-account identities).
+fn desired(size: &Size) -> Vec<EntrySpec> {
+    let td = td();
+    let alias =
+        |n: usize| SpiffeId::from_path(&td, &format!("/spire-k8s-registrar/{CLUSTER}/node/{}", node_name(n)));
+    let mut out: Vec<EntrySpec> = (0..size.nodes)
+        .map(|n| EntrySpec {
+            spiffe_id: alias(n).unwrap(),
+            parent_id: td.server_id(),
+            selectors: BTreeSet::from([
+                Selector::psat(format!("cluster:{CLUSTER}")),
+                Selector::psat(format!("agent_node_name:{}", node_name(n))),
+            ]),
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            downstream: false,
+        })
+        .collect();
+    out.extend((0..size.pods).map(|p| EntrySpec {
+        spiffe_id: SpiffeId::from_path(&td, &format!("/ns/{NS}/sa/sa{p}")).unwrap(),
+        parent_id: alias(p % size.nodes).unwrap(),
+        selectors: BTreeSet::from([
+            Selector::k8s(format!("ns:{NS}")),
+            Selector::k8s(format!("pod-name:p{p}")),
+        ]),
+        dns_names: vec![],
+        federates_with: BTreeSet::new(),
+        downstream: false,
+    }));
+    out
+}
+
+async fn create_pod(pods: &Api<Pod>, name: &str, sa: &str, node: &str) {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+}
+
+async fn populate(client: &kube::Client, size: &Size) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(0..size.nodes)
+        .for_each_concurrent(16, |n| {
+            let nodes = nodes.clone();
+            async move {
+                let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name(n)}})).unwrap();
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+            }
+        })
+        .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    futures::stream::iter(0..size.pods)
+        .for_each_concurrent(32, |p| {
+            let pods = pods.clone();
+            let nodes = size.nodes;
+            async move { create_pod(&pods, &format!("p{p}"), &format!("sa{p}"), &node_name(p % nodes)).await }
+        })
+        .await;
+}
+
+/// Creates `specs` directly: batches of 50, two calls in flight.
+async fn floor(client: &SpireClient, specs: &[EntrySpec]) -> Duration {
+    let start = Instant::now();
+    futures::stream::iter(specs.chunks(50))
+        .for_each_concurrent(2, |chunk| async move {
+            let results = client.create_entries(chunk).await.unwrap();
+            assert!(results.iter().all(Result::is_ok));
+        })
+        .await;
+    start.elapsed()
+}
+
+async fn wait_for_count(client: &SpireClient, want: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = client.count_entries().await.unwrap_or(0) as usize;
+        if n >= want {
+            assert_eq!(n, want, "more entries than desired: duplicates");
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {n} of {want} entries after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync: Duration) -> stack::Proc {
+    let config = dir.join("registrar.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{sock}\"\ncluster = \"{CLUSTER}\"\n\
+             mode = \"reconcile\"\nlog_level = \"warn\"\nmetrics_addr = \"127.0.0.1:{port}\"\n\
+             resync_interval = \"{secs}s\"\n",
+            sock = spire.socket.display(),
+            port = stack::free_port(),
+            secs = resync.as_secs(),
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    stack::Proc::spawn_env(
+        "registrar",
+        Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
+        &["-config", &config.display().to_string()],
+        dir,
+        &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", "bench")],
+    )
+}
+
+/// `GET /metrics` over plain HTTP/1.1 (no client dependency for one request).
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn spire_counter(port: u16, name: &str) -> f64 {
+    let body = scrape(port).await;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let size = Size::from_args();
+    let dir = tempfile::Builder::new().prefix("kwr-scale-").tempdir_in("/tmp").unwrap();
+    let floor_dir = dir.path().join("floor");
+    std::fs::create_dir_all(&floor_dir).unwrap();
+    let (kube, floor_spire) = tokio::join!(
+        stack::Kube::start(dir.path(), stack::KubeOptions::default()),
+        stack::Spire::start(&floor_dir),
+    );
+    let client = kube.client().await;
+    let t = Instant::now();
+    populate(&client, &size).await;
+    let populated = t.elapsed();
+    let specs = desired(&size);
+    let total = specs.len();
+
+    // 1. The floor, on its own server.
+    let floor_time = floor(&floor_spire.client(), &specs).await;
+    drop(floor_spire);
+
+    // 2. Cold convergence.
+    let ours_dir = dir.path().join("ours");
+    std::fs::create_dir_all(&ours_dir).unwrap();
+    let spire = stack::Spire::start_with_telemetry(&ours_dir).await;
+    let spire_client = spire.client();
+    let start = Instant::now();
+    let registrar = start_registrar(&ours_dir, &kube, &spire, size.resync);
+    wait_for_count(&spire_client, total, Duration::from_secs(600)).await;
+    let cold = start.elapsed();
+    let after_cold_kib = vm_hwm_kib(registrar.pid());
+
+    // 3. Steady state, with a resync inside the window.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let gap = size.resync.mul_f64(1.5) / size.steady_pods as u32;
+    let mut latencies = Vec::with_capacity(size.steady_pods);
+    for i in 0..size.steady_pods {
+        let sa = format!("steady{i}");
+        let id = SpiffeId::from_path(&td(), &format!("/ns/{NS}/sa/{sa}")).unwrap();
+        let filter = ListFilter { by_spiffe_id: Some(id), ..Default::default() };
+        let t = Instant::now();
+        create_pod(&pods, &format!("steady{i}"), &sa, &node_name(i % size.nodes)).await;
+        loop {
+            if !spire_client.list_entries(&filter).await.unwrap().is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "no entry for steady{i}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = t.elapsed();
+        latencies.push(took);
+        tokio::time::sleep(gap.saturating_sub(took)).await;
+    }
+    latencies.sort();
+    let total = total + size.steady_pods;
+    wait_for_count(&spire_client, total, Duration::from_secs(60)).await;
+
+    // 4. Idle: two resync intervals with nothing changing.
+    let telemetry = spire.telemetry_port.unwrap();
+    let lists = "spire_server_rpc_entry_v1_entry_list_entries";
+    let writes = ["batch_create_entry", "batch_update_entry", "batch_delete_entry"]
+        .map(|m| format!("spire_server_rpc_entry_v1_entry_{m}"));
+    let count_writes = || async {
+        let mut n = 0.0;
+        for w in &writes {
+            n += spire_counter(telemetry, w).await;
+        }
+        n
+    };
+    let (lists0, writes0) = (spire_counter(telemetry, lists).await, count_writes().await);
+    let window = size.resync * 2;
+    tokio::time::sleep(window).await;
+    let idle_lists = spire_counter(telemetry, lists).await - lists0;
+    let idle_writes = count_writes().await - writes0;
+    let per_minute = idle_lists * 60.0 / window.as_secs_f64();
+    let hwm_kib = vm_hwm_kib(registrar.pid());
+    registrar.kill();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "scale bench: {} pods on {} nodes ({} entries), resync {:?}; cluster populated in {:.1?}",
+        size.pods,
+        size.nodes,
+        specs.len(),
+        size.resync,
+        populated
+    );
+    println!("  floor (direct BatchCreateEntry, 50 x 2):  {floor_time:>10.2?}");
+    println!(
+        "  cold convergence (ours):                  {cold:>10.2?}   ratio cold/floor = {:.2}x",
+        cold.as_secs_f64() / floor_time.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  steady pod -> entry ({} pods):           p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        size.steady_pods,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+    println!(
+        "  idle ({window:?}): {idle_lists} ListEntries calls = {per_minute:.1}/min (one listing per interval: {} pages), {idle_writes} writes",
+        total.div_ceil(500)
+    );
+    println!(
+        "  peak RSS (VmHWM): {:.1} MiB after cold convergence, {:.1} MiB at the end",
+        after_cold_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+    assert_eq!(idle_writes, 0.0, "an idle registrar wrote to SPIRE");
+}
