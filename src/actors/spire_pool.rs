@@ -13,7 +13,10 @@
 //! Requests wait in the pool, not in worker mailboxes, and go to whichever worker is idle.
 //! Writes and point reads (`Apply`, `Get`: event-driven work) go first; listings (`List`:
 //! anti-entropy and start-up reads) run on at most all workers but one, so a write never waits
-//! behind a resync's reads. Every caller has at most one request outstanding (shards are
+//! behind a resync's reads. Queued writes of one epoch are handed to a worker together, up to
+//! full batches (`CREATE_BATCH`), so many small shards cost few calls (a node's 51 entries and
+//! the next node's 49 go as 50 + 50, not 50 + 1 + 49); each caller still gets the outcomes of
+//! exactly its own ops. Every caller has at most one request outstanding (shards are
 //! sequential), so the queues' depth is bounded by the number of callers, and a request whose
 //! caller gave up waiting is dropped unsent rather than run late.
 //!
@@ -34,7 +37,7 @@ use crate::{
     diff::EntryOp,
     leadership::LeadershipRx,
     model::Entry,
-    spire::{ItemError, ListFilter, SpireClient},
+    spire::{ItemError, ListFilter, SpireClient, client::CREATE_BATCH},
 };
 
 /// What a write must satisfy to be sent.
@@ -174,6 +177,27 @@ impl<T> Queues<T> {
     }
 }
 
+impl Queues<WorkerMsg> {
+    /// Adds the writes queued right behind `parts` under the same epoch, while they fit in the
+    /// batches `parts` starts (at least one full batch); callers that gave up are left out.
+    fn fill(&mut self, mut parts: Vec<Part>, epoch: u64) -> Vec<Part> {
+        parts.retain(|p| !p.reply.is_closed());
+        let mut total: usize = parts.iter().map(|p| p.ops.len()).sum();
+        let cap = total.div_ceil(CREATE_BATCH).max(1) * CREATE_BATCH;
+        while let Some(WorkerMsg::Apply { parts: next, epoch: e }) = self.urgent.front() {
+            let len: usize = next.iter().map(|p| p.ops.len()).sum();
+            if *e != epoch || total + len > cap {
+                break;
+            }
+            if let Some(WorkerMsg::Apply { parts: next, .. }) = self.urgent.pop_front() {
+                total += len;
+                parts.extend(next.into_iter().filter(|p| !p.reply.is_closed()));
+            }
+        }
+        parts
+    }
+}
+
 struct Slot {
     worker: ActorRef<WorkerMsg>,
     /// The class of the request it is handling, if any.
@@ -201,6 +225,12 @@ impl PoolState {
                 );
                 continue;
             }
+            let msg = match msg {
+                WorkerMsg::Apply { parts, epoch } => {
+                    WorkerMsg::Apply { parts: self.queues.fill(parts, epoch), epoch }
+                }
+                other => other,
+            };
             self.workers[slot].worker.cast(msg)?;
             self.workers[slot].running = Some(class);
         }
@@ -261,7 +291,7 @@ impl Actor for SpirePool {
             }
             PoolMsg::Get(id, reply) => state.queues.push(Class::Urgent, WorkerMsg::Get(id, reply)),
             PoolMsg::Apply { ops, fence: Fence::Epoch(epoch), reply } => {
-                state.queues.push(Class::Urgent, WorkerMsg::Apply { ops, epoch, reply })
+                state.queues.push(Class::Urgent, WorkerMsg::Apply { parts: vec![Part { ops, reply }], epoch })
             }
             PoolMsg::WorkerDone(WorkerDone(id)) => {
                 if let Some(slot) = state.workers.iter_mut().find(|s| s.worker.get_id() == id) {
@@ -318,13 +348,19 @@ impl Actor for SpirePool {
 
 // === SpireWorker ===
 
+/// One caller's ops in a combined write, and where their outcomes go.
+pub struct Part {
+    ops: Vec<EntryOp>,
+    reply: RpcReplyPort<ApplyReply>,
+}
+
 pub enum WorkerMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
     Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
+    /// The writes of one or more callers, all computed under `epoch`, sent as one.
     Apply {
-        ops: Vec<EntryOp>,
+        parts: Vec<Part>,
         epoch: u64,
-        reply: RpcReplyPort<ApplyReply>,
     },
     #[cfg(feature = "fault-injection")]
     Fail,
@@ -336,7 +372,7 @@ impl WorkerMsg {
         match self {
             WorkerMsg::List(_, r) => r.is_closed(),
             WorkerMsg::Get(_, r) => r.is_closed(),
-            WorkerMsg::Apply { reply, .. } => reply.is_closed(),
+            WorkerMsg::Apply { parts, .. } => parts.iter().all(|p| p.reply.is_closed()),
             #[cfg(feature = "fault-injection")]
             WorkerMsg::Fail => false,
         }
@@ -380,8 +416,8 @@ impl Actor for SpireWorker {
             WorkerMsg::Get(id, reply) => {
                 let _ = reply.send(state.client.get_entry(&id).await.map_err(|e| e.to_string()));
             }
-            WorkerMsg::Apply { ops, epoch, reply } => {
-                let _ = reply.send(apply(&state.client, &state.leadership, ops, Fence::Epoch(epoch)).await);
+            WorkerMsg::Apply { parts, epoch } => {
+                apply_parts(&state.client, &state.leadership, parts, epoch).await;
             }
             #[cfg(feature = "fault-injection")]
             WorkerMsg::Fail => return Err("fault injected into a SPIRE worker".into()),
@@ -403,6 +439,35 @@ fn refusal(leadership: &LeadershipRx, fence: Fence) -> Option<ApplyError> {
     }
 }
 
+/// Runs several callers' ops as one write and answers each caller with its own outcomes (in
+/// the same order `apply` gives them); an error of the whole write goes to every caller.
+async fn apply_parts(client: &SpireClient, leadership: &LeadershipRx, parts: Vec<Part>, epoch: u64) {
+    let mut owners = Vec::new();
+    let mut ops = Vec::new();
+    let mut replies = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        owners.extend(std::iter::repeat_n(i, part.ops.len()));
+        ops.extend(part.ops);
+        replies.push(part.reply);
+    }
+    match apply_indexed(client, leadership, ops, Fence::Epoch(epoch)).await {
+        Ok(outcomes) => {
+            let mut per_part: Vec<Vec<OpOutcome>> = replies.iter().map(|_| Vec::new()).collect();
+            for (idx, outcome) in outcomes {
+                per_part[owners[idx]].push(outcome);
+            }
+            for (reply, outcomes) in replies.into_iter().zip(per_part) {
+                let _ = reply.send(Ok(outcomes));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 /// Deletes first (they can only reduce conflicts), then updates, then creates; each kind in
 /// batches, with the fencing check before every batch.
 async fn apply(
@@ -411,17 +476,41 @@ async fn apply(
     ops: Vec<EntryOp>,
     fence: Fence,
 ) -> ApplyReply {
+    Ok(apply_indexed(client, leadership, ops, fence).await?.into_iter().map(|(_, o)| o).collect())
+}
+
+/// [`apply`], each outcome tagged with the position of its op in `ops`.
+async fn apply_indexed(
+    client: &SpireClient,
+    leadership: &LeadershipRx,
+    ops: Vec<EntryOp>,
+    fence: Fence,
+) -> Result<Vec<(usize, OpOutcome)>, ApplyError> {
     let start = Instant::now();
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
     let mut creates = Vec::new();
     let mut creates_with_ids = Vec::new();
-    for op in ops {
+    // Where each kind's ops sit in `ops`, in the kind's order.
+    let (mut at_delete, mut at_update, mut at_create, mut at_create_id) = (vec![], vec![], vec![], vec![]);
+    for (i, op) in ops.into_iter().enumerate() {
         match op {
-            EntryOp::Delete { id } => deletes.push(id),
-            EntryOp::Update { id, spec } => updates.push(Entry { id, spec }),
-            EntryOp::Create(spec) => creates.push(spec),
-            EntryOp::CreateWithId { id, spec } => creates_with_ids.push(Entry { id, spec }),
+            EntryOp::Delete { id } => {
+                deletes.push(id);
+                at_delete.push(i);
+            }
+            EntryOp::Update { id, spec } => {
+                updates.push(Entry { id, spec });
+                at_update.push(i);
+            }
+            EntryOp::Create(spec) => {
+                creates.push(spec);
+                at_create.push(i);
+            }
+            EntryOp::CreateWithId { id, spec } => {
+                creates_with_ids.push(Entry { id, spec });
+                at_create_id.push(i);
+            }
         }
     }
     let mut out = Vec::new();
@@ -430,36 +519,48 @@ async fn apply(
         if let Some(refused) = refusal(leadership, fence) {
             return Err(refused);
         }
-        for (id, r) in deletes.iter().zip(client.delete_entries(&deletes).await.map_err(spire_err)?) {
-            out.push(match r {
-                Ok(()) => OpOutcome::Deleted(id.clone()),
-                Err(error) => OpOutcome::Failed { op: EntryOp::Delete { id: id.clone() }, error },
-            });
+        let results = client.delete_entries(&deletes).await.map_err(spire_err)?;
+        for ((id, r), &i) in deletes.iter().zip(results).zip(&at_delete) {
+            out.push((
+                i,
+                match r {
+                    Ok(()) => OpOutcome::Deleted(id.clone()),
+                    Err(error) => OpOutcome::Failed { op: EntryOp::Delete { id: id.clone() }, error },
+                },
+            ));
         }
     }
     if !updates.is_empty() {
         if let Some(refused) = refusal(leadership, fence) {
             return Err(refused);
         }
-        for (entry, r) in updates.iter().zip(client.update_entries(&updates).await.map_err(spire_err)?) {
-            out.push(match r {
-                Ok(e) => OpOutcome::Updated(e),
-                Err(error) => {
-                    let op = EntryOp::Update { id: entry.id.clone(), spec: entry.spec.clone() };
-                    OpOutcome::Failed { op, error }
-                }
-            });
+        let results = client.update_entries(&updates).await.map_err(spire_err)?;
+        for ((entry, r), &i) in updates.iter().zip(results).zip(&at_update) {
+            out.push((
+                i,
+                match r {
+                    Ok(e) => OpOutcome::Updated(e),
+                    Err(error) => {
+                        let op = EntryOp::Update { id: entry.id.clone(), spec: entry.spec.clone() };
+                        OpOutcome::Failed { op, error }
+                    }
+                },
+            ));
         }
     }
     if !creates.is_empty() {
         if let Some(refused) = refusal(leadership, fence) {
             return Err(refused);
         }
-        for (spec, r) in creates.iter().zip(client.create_entries(&creates).await.map_err(spire_err)?) {
-            out.push(match r {
-                Ok(e) => OpOutcome::Created(e),
-                Err(error) => OpOutcome::Failed { op: EntryOp::Create(spec.clone()), error },
-            });
+        let results = client.create_entries(&creates).await.map_err(spire_err)?;
+        for ((spec, r), &i) in creates.iter().zip(results).zip(&at_create) {
+            out.push((
+                i,
+                match r {
+                    Ok(e) => OpOutcome::Created(e),
+                    Err(error) => OpOutcome::Failed { op: EntryOp::Create(spec.clone()), error },
+                },
+            ));
         }
     }
     if !creates_with_ids.is_empty() {
@@ -467,17 +568,20 @@ async fn apply(
             return Err(refused);
         }
         let results = client.create_entries_with_ids(&creates_with_ids).await.map_err(spire_err)?;
-        for (entry, r) in creates_with_ids.iter().zip(results) {
-            out.push(match r {
-                Ok(e) => OpOutcome::Created(e),
-                Err(error) => {
-                    let op = EntryOp::CreateWithId { id: entry.id.clone(), spec: entry.spec.clone() };
-                    OpOutcome::Failed { op, error }
-                }
-            });
+        for ((entry, r), &i) in creates_with_ids.iter().zip(results).zip(&at_create_id) {
+            out.push((
+                i,
+                match r {
+                    Ok(e) => OpOutcome::Created(e),
+                    Err(error) => {
+                        let op = EntryOp::CreateWithId { id: entry.id.clone(), spec: entry.spec.clone() };
+                        OpOutcome::Failed { op, error }
+                    }
+                },
+            ));
         }
     }
-    for o in &out {
+    for (_, o) in &out {
         let (op, outcome) = match o {
             OpOutcome::Created(_) => ("create", "ok"),
             OpOutcome::Updated(_) => ("update", "ok"),
@@ -539,6 +643,48 @@ mod tests {
         assert_eq!(q.pop(0, 1), Some((Class::Background, "resync n2")));
         assert_eq!(q.pop(0, 1), None);
         assert_eq!((q.len(Class::Urgent), q.len(Class::Background)), (0, 0));
+    }
+
+    fn part(n: usize) -> (Part, tokio::sync::oneshot::Receiver<ApplyReply>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ops = (0..n).map(|i| EntryOp::Delete { id: format!("e{i}") }).collect();
+        (Part { ops, reply: tx.into() }, rx)
+    }
+
+    fn queue_write(q: &mut Queues<WorkerMsg>, p: Part, epoch: u64) {
+        q.push(Class::Urgent, WorkerMsg::Apply { parts: vec![p], epoch });
+    }
+
+    #[test]
+    fn queued_writes_fill_the_batches_of_the_first_under_one_epoch() {
+        let mut q = Queues::default();
+        let (a, _ra) = part(51);
+        let (b, _rb) = part(49);
+        let (c, _rc) = part(10);
+        queue_write(&mut q, b, 1);
+        queue_write(&mut q, c, 1);
+        // 51 ops start two batches (100): the next 49 fit, the 10 behind them do not.
+        let parts = q.fill(vec![a], 1);
+        assert_eq!(parts.iter().map(|p| p.ops.len()).collect::<Vec<_>>(), vec![51, 49]);
+        assert_eq!(q.len(Class::Urgent), 1);
+
+        // Small writes share one batch; another epoch's write is never mixed in.
+        let mut q = Queues::default();
+        let (x, _rx) = part(1);
+        let (y, _ry) = part(2);
+        let (gone, rgone) = part(3);
+        drop(rgone);
+        let (other, _ro) = part(1);
+        queue_write(&mut q, y, 7);
+        queue_write(&mut q, gone, 7);
+        queue_write(&mut q, other, 8);
+        let parts = q.fill(vec![x], 7);
+        assert_eq!(
+            parts.iter().map(|p| p.ops.len()).collect::<Vec<_>>(),
+            vec![1, 2],
+            "the abandoned part is left out"
+        );
+        assert_eq!(q.len(Class::Urgent), 1, "epoch 8's write waits for its own turn");
     }
 
     #[tokio::test]

@@ -41,7 +41,8 @@ use crate::{
 };
 
 pub const PAGE_SIZE: i32 = 500;
-const CREATE_BATCH: usize = 50;
+/// Entries per BatchCreateEntry call (the pool fills batches across callers to this size).
+pub const CREATE_BATCH: usize = 50;
 const UPDATE_BATCH: usize = 50;
 const DELETE_BATCH: usize = 200;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
