@@ -323,7 +323,7 @@ async fn main() {
     );
     println!(
         "  idle ({window:?}): {idle_lists} ListEntries calls = {per_minute:.1}/min (one listing per interval: {} pages), {idle_writes} writes",
-        total.div_ceil(500)
+        total.div_ceil(k8s_workload_registrar::spire::client::PAGE_SIZE as usize)
     );
     println!(
         "  peak RSS (VmHWM): {:.1} MiB after cold convergence, {:.1} MiB at the end",

@@ -30,8 +30,9 @@
 //! # Anti-entropy
 //! Once per `resync_interval` the leader lists every entry once (paged, in a task) and hands each
 //! shard its owned entries as a snapshot: idle cost O(entries) calls per interval, not O(nodes).
-//! A shard that wrote after the listing began ignores it and re-reads its own entries (filtered),
-//! so a stale page never overwrites what a write taught it.
+//! A shard whose last write returned after the listing began keeps its own, newer knowledge
+//! (and re-reads its entries, filtered, if the next listing is stale for it too), so a stale
+//! page never overwrites what a write taught it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -511,8 +512,7 @@ fn start_anti_entropy(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarStat
 }
 
 /// Hands every shard its owned entries from the listing (`ShardMsg::Snapshot`; a shard that
-/// wrote since `taken_at` re-reads its own instead, so the listing never overwrites newer
-/// knowledge). Owned entries of a scope with no shard get one, which deletes them.
+/// wrote since `taken_at` keeps its own, newer knowledge). Owned entries of a scope with no shard get one, which deletes them.
 async fn anti_entropy_read(
     myself: &ActorRef<RegistrarMsg>,
     state: &mut RegistrarState,

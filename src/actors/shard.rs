@@ -55,7 +55,7 @@ pub enum ShardMsg {
     /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
     Resync,
     /// Anti-entropy from the registrar's listing begun at `taken_at`: this shard's owned entries
-    /// as they were then. Believed only if the shard has not written since (else: `Resync`).
+    /// as they were then. Believed only if no write of this shard returned since `taken_at`.
     Snapshot { taken_at: std::time::Instant, entries: Vec<Entry> },
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
     #[cfg(feature = "fault-injection")]
@@ -164,8 +164,10 @@ pub struct ShardState {
     suspects: HashMap<String, std::time::Instant>,
     backoff: Duration,
     retry_scheduled: bool,
-    /// When the last write was sent: a listing begun before it may not show it.
+    /// When the last write returned: a listing begun before then may not show it.
     last_write: Option<std::time::Instant>,
+    /// The last snapshot was older than this shard's knowledge and was not used.
+    stale_snapshot: bool,
 }
 
 impl Actor for NodeShard {
@@ -189,6 +191,7 @@ impl Actor for NodeShard {
             backoff: Duration::from_millis(500),
             retry_scheduled: false,
             last_write: None,
+            stale_snapshot: false,
         })
     }
 
@@ -213,9 +216,23 @@ impl Actor for NodeShard {
             }
             ShardMsg::Snapshot { taken_at, entries } => {
                 state.args.pending.take_one();
-                // A write sent after the listing began may be missing from it (or shown undone).
+                // Shards handle one message at a time, so every write this shard sent has
+                // returned by now. One that returned after the listing began may be missing
+                // from it (or shown undone): then what the shard knows is newer than the
+                // listing. It keeps its own knowledge once, and re-reads its own entries if the
+                // next listing is stale too (a busy node still gets anti-entropy).
                 let stale = state.last_write.is_some_and(|w| w >= taken_at);
-                state.actual = if stale { None } else { Some(entries) };
+                match (stale, state.stale_snapshot) {
+                    (false, _) => {
+                        state.actual = Some(entries);
+                        state.stale_snapshot = false;
+                    }
+                    (true, false) => state.stale_snapshot = true,
+                    (true, true) => {
+                        state.actual = None;
+                        state.stale_snapshot = false;
+                    }
+                }
                 sync(&myself, state).await;
             }
             #[cfg(feature = "fault-injection")]
@@ -373,12 +390,13 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
-    state.last_write = Some(std::time::Instant::now());
     let reply = state
         .args
         .pool
         .call(|reply| PoolMsg::Apply { ops, fence: Fence::Epoch(leadership.epoch), reply }, POOL_WAIT)
         .await;
+    // Whatever the outcome (a failed call may still have written some of it).
+    state.last_write = Some(std::time::Instant::now());
     let outcomes = match reply {
         Ok(Ok(outcomes)) => outcomes,
         Ok(Err(e)) => return retry_later(myself, state, &e.to_string()),

@@ -1,7 +1,7 @@
 //! A SPIRE Entry API client that speaks in model types.
 //!
 //! # Guarantees
-//! * Lists are always paged (`PAGE_SIZE`), so no response can exceed gRPC's 4 MiB limit, and end
+//! * Lists are always paged (`PAGE_SIZE`), so responses stay bounded, and end
 //!   on a short page where that is safe (`is_last_page`), saving an empty call per listing.
 //! * Writes are split into batches (50 creates, 50 updates, 200 deletes, as
 //!   spire-controller-manager does) and return one result per input item, in input order.
@@ -40,7 +40,13 @@ use crate::{
     readiness::Reachability,
 };
 
-pub const PAGE_SIZE: i32 = 500;
+/// Entries per ListEntries page. SPIRE sends responses of any size, and a page of 1000 typical
+/// entries is well under 1 MiB; the receive limit is raised to [`MAX_RESPONSE`] (tonic's default
+/// is 4 MiB) so that even pages of entries with many DNS names fit. Fewer pages matter: one
+/// listing per resync interval is the registrar's whole idle load.
+pub const PAGE_SIZE: i32 = 1000;
+/// The largest response accepted from SPIRE.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// Entries per BatchCreateEntry call (the pool fills batches across callers to this size).
 pub const CREATE_BATCH: usize = 50;
 const UPDATE_BATCH: usize = 50;
@@ -154,7 +160,7 @@ impl SpireClient {
     /// For an already-built channel (tests).
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            inner: EntryClient::new(channel),
+            inner: EntryClient::new(channel).max_decoding_message_size(MAX_RESPONSE),
             timeout: CALL_TIMEOUT,
             write_budget: CALL_TIMEOUT,
             reach: Reachability::default(),

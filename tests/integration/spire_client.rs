@@ -79,30 +79,33 @@ async fn crud_paging_and_per_item_errors() {
             .is_empty()
     );
 
-    // Listing spans several pages (page size 500) and returns every entry exactly once.
+    // Listing spans several pages (page size 1000) and returns every entry exactly once.
+    const MANY: usize = 2203;
     let many: Vec<EntrySpec> =
-        (0..1203).map(|i| spec(&format!("/many/{i}"), "/reg/node/n2", &format!("p{i}"))).collect();
+        (0..MANY).map(|i| spec(&format!("/many/{i}"), "/reg/node/n2", &format!("p{i}"))).collect();
     let results = c.create_entries(&many).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
     let listed: Vec<Entry> = c
         .list_entries(&ListFilter { by_parent_id: Some(id("/reg/node/n2")), ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(listed.len(), 1203);
+    assert_eq!(listed.len(), MANY);
     let ids: BTreeSet<&str> = listed.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids.len(), 1203, "no entry listed twice");
+    assert_eq!(ids.len(), MANY, "no entry listed twice");
     let wanted: BTreeSet<EntrySpec> = many.into_iter().collect();
     assert_eq!(listed.into_iter().map(|e| e.spec).collect::<BTreeSet<_>>(), wanted);
-    assert_eq!(c.count_entries().await.unwrap(), 1203 + 2, "the many, plus /w/good and /w/fed");
+    assert_eq!(c.count_entries().await.unwrap() as usize, MANY + 2, "the many, plus /w/good and /w/fed");
     // A selector filter: SPIRE filters after each SQL page, so matches spread over the pages
     // come back in short pages, and the listing must still find all of them.
-    let spread: Vec<EntrySpec> =
-        [0, 700, 1202].iter().map(|i| spec(&format!("/spread/{i}"), "/reg/node/n3", "shared")).collect();
+    let spread: Vec<EntrySpec> = [0, MANY / 2, MANY - 1]
+        .iter()
+        .map(|i| spec(&format!("/spread/{i}"), "/reg/node/n3", "shared"))
+        .collect();
     let mut all: Vec<EntrySpec> =
-        (0..1203).map(|i| spec(&format!("/fill/{i}"), "/reg/node/n3", &format!("f{i}"))).collect();
+        (0..MANY).map(|i| spec(&format!("/fill/{i}"), "/reg/node/n3", &format!("f{i}"))).collect();
     all[0] = spread[0].clone();
-    all[700] = spread[1].clone();
-    all[1202] = spread[2].clone();
+    all[MANY / 2] = spread[1].clone();
+    all[MANY - 1] = spread[2].clone();
     assert!(c.create_entries(&all).await.unwrap().iter().all(Result::is_ok));
     let shared = vec![Selector::k8s("ns:t"), Selector::k8s("pod-name:shared")];
     let found =
