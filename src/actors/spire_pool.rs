@@ -13,10 +13,9 @@
 //! Requests wait in the pool, not in worker mailboxes, and go to whichever worker is idle.
 //! Writes and point reads (`Apply`, `Get`: event-driven work) go first; listings (`List`:
 //! anti-entropy and start-up reads) run on at most all workers but one, so a write never waits
-//! behind a resync's reads. Queued writes of one epoch are handed to a worker together, up to
-//! full batches (`CREATE_BATCH`), so many small shards cost few calls (a node's 51 entries and
-//! the next node's 49 go as 50 + 50, not 50 + 1 + 49); each caller still gets the outcomes of
-//! exactly its own ops. Every caller has at most one request outstanding (shards are
+//! behind a resync's reads. Queued writes of one epoch are handed to a worker together (up to
+//! `COMBINED_MAX` ops), so batches fill across callers: two nodes of 51 entries each go as
+//! 50 + 50 + 2, not 50 + 1 + 50 + 1; each caller still gets the outcomes of exactly its own ops. Every caller has at most one request outstanding (shards are
 //! sequential), so the queues' depth is bounded by the number of callers, and a request whose
 //! caller gave up waiting is dropped unsent rather than run late.
 //!
@@ -119,6 +118,9 @@ impl TryFrom<PoolMsg> for WorkerDone {
     }
 }
 
+/// The most ops handed to a worker as one combined write (see `Queues::fill`).
+const COMBINED_MAX: usize = 10 * CREATE_BATCH;
+
 /// Which queue a request waits in (see the module header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -178,12 +180,14 @@ impl<T> Queues<T> {
 }
 
 impl Queues<WorkerMsg> {
-    /// Adds the writes queued right behind `parts` under the same epoch, while they fit in the
-    /// batches `parts` starts (at least one full batch); callers that gave up are left out.
+    /// Adds the writes queued right behind `parts` under the same epoch, up to [`COMBINED_MAX`]
+    /// ops in all; callers that gave up are left out. Combining never costs calls
+    /// (⌈(a + b) / 50⌉ ≤ ⌈a / 50⌉ + ⌈b / 50⌉) and fills the batches that separate writes leave
+    /// half empty; the cap bounds how long the first caller waits for its answer (ten batches).
     fn fill(&mut self, mut parts: Vec<Part>, epoch: u64) -> Vec<Part> {
         parts.retain(|p| !p.reply.is_closed());
         let mut total: usize = parts.iter().map(|p| p.ops.len()).sum();
-        let cap = total.div_ceil(CREATE_BATCH).max(1) * CREATE_BATCH;
+        let cap = COMBINED_MAX;
         while let Some(WorkerMsg::Apply { parts: next, epoch: e }) = self.urgent.front() {
             let len: usize = next.iter().map(|p| p.ops.len()).sum();
             if *e != epoch || total + len > cap {
@@ -656,16 +660,18 @@ mod tests {
     }
 
     #[test]
-    fn queued_writes_fill_the_batches_of_the_first_under_one_epoch() {
+    fn queued_writes_of_one_epoch_are_combined_up_to_the_cap() {
         let mut q = Queues::default();
         let (a, _ra) = part(51);
         let (b, _rb) = part(49);
-        let (c, _rc) = part(10);
+        let (c, _rc) = part(400);
+        let (d, _rd) = part(10);
         queue_write(&mut q, b, 1);
         queue_write(&mut q, c, 1);
-        // 51 ops start two batches (100): the next 49 fit, the 10 behind them do not.
+        queue_write(&mut q, d, 1);
+        // 51 + 49 + 400 = COMBINED_MAX; the 10 behind them wait for the next worker.
         let parts = q.fill(vec![a], 1);
-        assert_eq!(parts.iter().map(|p| p.ops.len()).collect::<Vec<_>>(), vec![51, 49]);
+        assert_eq!(parts.iter().map(|p| p.ops.len()).collect::<Vec<_>>(), vec![51, 49, 400]);
         assert_eq!(q.len(Class::Urgent), 1);
 
         // Small writes share one batch; another epoch's write is never mixed in.
