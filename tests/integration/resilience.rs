@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use k8s_workload_registrar::model::Selector;
+use k8s_workload_registrar::model::{Entry, Selector};
 
 use crate::{
     registrar::{Registrar, metric_value},
@@ -295,4 +295,66 @@ async fn idle_anti_entropy_lists_once_per_interval_and_writes_nothing() {
     assert!(calls <= rounds + 1.0, "{calls} ListEntries calls for {rounds} rounds over 30 nodes");
     assert_eq!(writes, writes0, "an idle resync wrote to SPIRE");
     converge(&spire, expected).await;
+}
+
+/// A relist changes nothing in SPIRE: 30 nodes × 100 pods, then watchers forced to relist (fault
+/// injection) and the API server restarted, with no change in the cluster: every entry keeps its
+/// ID, and the registrar makes no create, update or delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relists_change_no_entry() {
+    use futures::StreamExt;
+
+    let mut stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "a").await;
+    let mut expected = Vec::new();
+    for n in 0..30 {
+        let node = format!("n{n}");
+        create_node(&k, &node).await;
+        expected.push(node_entry("c", &node));
+        expected.extend((0..100).map(|p| pod_entry("c", &node, "a", &format!("{node}-p{p}"), "/ns/a/sa/s")));
+    }
+    futures::stream::iter(0..3000)
+        .for_each_concurrent(16, |i| {
+            let k = k.clone();
+            async move {
+                let node = format!("n{}", i / 100);
+                pod("a", &format!("{node}-p{}", i % 100)).on(&node).sa("s").create(&k).await;
+            }
+        })
+        .await;
+    let reg = Registrar::start(&stack, "reg", "c", "").await;
+    reg.wait_ready().await;
+    eventually("3030 entries", Duration::from_secs(300), || async {
+        (spire.count_entries().await.ok()? == 3030).then_some(())
+    })
+    .await;
+    let before = converge(&spire, expected.clone()).await;
+    let ids = |entries: &[Entry]| entries.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>();
+    let writes = |m: &str| metric_value(m, "registrar_entry_ops_total", &[]).unwrap_or(0.0);
+    let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
+    let listed = || reg.proc.log_text().matches("Initial list done.").count();
+    let writes0 = writes(&reg.metrics().await);
+
+    // Forced relists: the watchers fail and are restarted, and list again.
+    let lists0 = listed();
+    reg.inject("pods").await;
+    reg.inject("nodes").await;
+    eventually("both watchers to relist", Duration::from_secs(60), || async {
+        (listed() >= lists0 + 2).then_some(())
+    })
+    .await;
+    // A restarted API server: the watches reconnect (and relist if their version is gone).
+    stack.kube.restart_apiserver().await;
+    let p0 = passes(&reg.metrics().await);
+    // Two anti-entropy rounds after both (30 shard passes each; resync 2 s) compare every shard's
+    // desired state, computed from the relisted cache, with SPIRE.
+    eventually("two anti-entropy rounds", Duration::from_secs(60), || async {
+        (passes(&reg.metrics().await) >= p0 + 60.0).then_some(())
+    })
+    .await;
+    let after = converge(&spire, expected).await;
+    assert_eq!(ids(&after), ids(&before), "entries were deleted and re-created");
+    assert_eq!(writes(&reg.metrics().await), writes0, "a relist made the registrar write");
 }
