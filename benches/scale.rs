@@ -21,6 +21,11 @@
 #[allow(dead_code)]
 mod stack;
 
+// For its HTTP client and Prometheus text reader (`http_request`, `metric_value`).
+#[path = "../tests/integration/registrar.rs"]
+#[allow(dead_code)]
+mod registrar;
+
 use std::{
     collections::BTreeSet,
     path::Path,
@@ -191,22 +196,10 @@ fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync:
     )
 }
 
-/// `GET /metrics` over plain HTTP/1.1 (no client dependency for one request).
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
+/// The sum of every series of counter `name` in the Prometheus text served on `port`.
 async fn spire_counter(port: u16, name: &str) -> f64 {
-    let body = scrape(port).await;
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    let (_, body) = registrar::http_request(port, "GET", "/metrics").await;
+    registrar::metric_value(&body, name, &[]).unwrap_or(0.0)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

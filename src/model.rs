@@ -50,6 +50,21 @@ pub struct EntrySpec {
     pub downstream: bool,
 }
 
+/// A small valid entry (`/w` under `/p`, selector `k8s:ns:a`) for unit tests that need one whose
+/// content does not matter.
+#[cfg(test)]
+pub(crate) fn sample_spec() -> EntrySpec {
+    let td = crate::id::TrustDomain::parse("example.org").unwrap();
+    EntrySpec {
+        spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
+        parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
+        selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+        dns_names: Vec::new(),
+        federates_with: BTreeSet::new(),
+        downstream: false,
+    }
+}
+
 impl EntrySpec {
     /// True when SPIRE needs no write to turn `self` into `other`: every field equal, DNS names
     /// compared as a set. SPIRE (1.13) answers a create or update with the DNS names sorted but

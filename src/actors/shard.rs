@@ -482,24 +482,10 @@ fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-    use crate::{
-        id::{SpiffeId, TrustDomain},
-        model::Selector,
-    };
 
     fn create() -> EntryOp {
-        let td = TrustDomain::parse("example.org").unwrap();
-        EntryOp::Create(EntrySpec {
-            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
-            parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
-            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
-            dns_names: Vec::new(),
-            federates_with: BTreeSet::new(),
-            downstream: false,
-        })
+        EntryOp::Create(crate::model::sample_spec())
     }
 
     #[test]

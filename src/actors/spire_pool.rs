@@ -600,26 +600,8 @@ async fn apply_indexed(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-    use crate::{
-        id::{SpiffeId, TrustDomain},
-        leadership::Leadership,
-        model::{EntrySpec, Selector},
-    };
-
-    fn spec() -> EntrySpec {
-        let td = TrustDomain::parse("example.org").unwrap();
-        EntrySpec {
-            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
-            parent_id: SpiffeId::from_path(&td, "/reg/c/node/n1").unwrap(),
-            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
-            dns_names: vec![],
-            federates_with: BTreeSet::new(),
-            downstream: false,
-        }
-    }
+    use crate::{leadership::Leadership, model::sample_spec};
 
     /// A client whose every call would fail with UNAVAILABLE: if `apply` reached SPIRE, the
     /// error would be `Spire(..)`, not `Fenced`.
@@ -696,7 +678,7 @@ mod tests {
     #[tokio::test]
     async fn writes_are_refused_without_leadership_in_the_same_epoch() {
         let (tx, rx) = tokio::sync::watch::channel(Leadership { leading: false, epoch: 3 });
-        let ops = vec![EntryOp::Create(spec()), EntryOp::Delete { id: "x".into() }];
+        let ops = vec![EntryOp::Create(sample_spec()), EntryOp::Delete { id: "x".into() }];
         // Not leading.
         assert!(matches!(
             apply(&unreachable_client(), &rx, ops.clone(), Fence::Epoch(3)).await,

@@ -117,11 +117,11 @@ impl Actor for Watcher {
         let (client, kube) = (&args.client, args.kube.clone());
         let task = match args.kind {
             WatchKind::Pods => spawn_stream(
+                args.kind,
                 client,
                 kube,
                 myself,
                 Strip::<Pod, PodInfo> {
-                    kind: WatchKind::Pods,
                     one: convert::pod_info,
                     applied: |p| Delta::Pod(Box::new(p)),
                     gone: |p| {
@@ -134,11 +134,11 @@ impl Actor for Watcher {
                 },
             ),
             WatchKind::Nodes => spawn_stream(
+                args.kind,
                 client,
                 kube,
                 myself,
                 Strip::<Node, NodeInfo> {
-                    kind: WatchKind::Nodes,
                     one: convert::node_info,
                     applied: Delta::Node,
                     gone: |n| n.metadata.name.clone().map(Delta::NodeGone),
@@ -146,11 +146,11 @@ impl Actor for Watcher {
                 },
             ),
             WatchKind::EndpointSlices => spawn_stream(
+                args.kind,
                 client,
                 kube,
                 myself,
                 Strip::<EndpointSlice, (String, EndpointSliceInfo)> {
-                    kind: WatchKind::EndpointSlices,
                     one: |s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)),
                     applied: |(name, s)| Delta::Slice(name, s),
                     gone: |s| {
@@ -246,7 +246,6 @@ fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
 /// arrives, including each object of a (re)list, so the full objects of a list are never held
 /// at once (the relist buffer holds only stripped data).
 struct Strip<K, T> {
-    kind: WatchKind,
     /// The fields the core reads; `None` for objects it ignores (e.g. a pod without a name).
     one: fn(&K) -> Option<T>,
     applied: fn(T) -> Delta,
@@ -256,6 +255,7 @@ struct Strip<K, T> {
 }
 
 fn spawn_stream<K, T>(
+    kind: WatchKind,
     client: &kube::Client,
     kube: Reachability,
     myself: ActorRef<WatcherMsg>,
@@ -288,7 +288,7 @@ where
                 Ok(watcher::Event::Apply(obj)) => (strip.one)(&obj).map(strip.applied),
                 Ok(watcher::Event::Delete(obj)) => (strip.gone)(&obj),
                 Err(e) => {
-                    let kind = strip.kind.label();
+                    let kind = kind.label();
                     tracing::warn!(kind, error = %e, "Watch error; retrying.");
                     metrics::counter!("registrar_watch_errors_total", "kind" => kind).increment(1);
                     None

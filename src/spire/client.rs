@@ -403,8 +403,6 @@ fn is_last_page(filter: &ListFilter, len: usize, next_token: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
     use crate::id::TrustDomain;
 
@@ -438,15 +436,7 @@ mod tests {
                 held.push(conn);
             }
         });
-        let td = TrustDomain::parse("example.org").unwrap();
-        let spec = EntrySpec {
-            spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
-            parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
-            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
-            dns_names: Vec::new(),
-            federates_with: BTreeSet::new(),
-            downstream: false,
-        };
+        let spec = crate::model::sample_spec();
         let budget = Duration::from_millis(300);
         let client = SpireClient::unix(&path).unwrap().with_write_budget(budget);
         let start = std::time::Instant::now();
