@@ -230,7 +230,7 @@ async fn spiffeids_map_to_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_and_nodes_get_spiffeids() {
-    use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
 
     let stack = Stack::start().await;
     let k = stack.kube.client().await;
@@ -238,8 +238,7 @@ async fn pods_and_nodes_get_spiffeids() {
     install_crd(&k).await;
     set_bundle(&stack.spire, stack.dir.path(), "other.org");
     create_namespace(&k, "shop").await;
-    create_node(&k, "n1").await;
-    let node_uid = Api::<Node>::all(k.clone()).get("n1").await.unwrap().metadata.uid.unwrap();
+    let node_uid = create_node(&k, "n1").await;
     let web = pod("shop", "web")
         .on("n1")
         .sa("web-sa")
@@ -344,14 +343,7 @@ async fn leader_election_gives_one_writer_and_failover() {
     let spire = stack.spire.client();
     install_crd(&k).await;
     create_namespace(&k, "shop").await;
-    create_node(&k, "n1").await;
-    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
-        .get("n1")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let node_uid = create_node(&k, "n1").await;
     let election =
         "leader_election = true\nleader_election_resource_lock = \"leases\"\nadd_svc_dns_name = false";
     let a = start_crd(&stack, "crd3a", election).await;
@@ -473,14 +465,7 @@ async fn tenants_cannot_take_identities_that_are_not_theirs() {
     let spire = stack.spire.client();
     install_crd(&k).await;
     create_namespace(&k, "shop").await;
-    create_node(&k, "n1").await;
-    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
-        .get("n1")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let node_uid = create_node(&k, "n1").await;
     stack.spire.create_hand_made_entry("k8s:ns:shop");
     let hand_made =
         want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["k8s:ns:shop"]);

@@ -123,14 +123,7 @@ async fn shipped_crd_rbac_is_sufficient() {
     create_namespace(&k, "spire").await;
     create_namespace(&k, "apps").await;
     apply(&k, "deploy/crd/rbac.yaml").await;
-    create_node(&k, "n1").await;
-    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
-        .get("n1")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let node_uid = create_node(&k, "n1").await;
     let web_uid = pod("apps", "web").on("n1").sa("web").create(&k).await.metadata.uid.unwrap();
 
     let port = free_port();

@@ -47,9 +47,11 @@ pub async fn create_namespace(client: &kube::Client, name: &str) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
 }
 
-pub async fn create_node(client: &kube::Client, name: &str) {
+/// Creates Node `name`; returns its UID (crd mode's node entries carry it).
+pub async fn create_node(client: &kube::Client, name: &str) -> String {
     let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap();
+    let created = Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap();
+    created.metadata.uid.expect("the API server gives every object a UID")
 }
 
 pub async fn delete_node(client: &kube::Client, name: &str) {
