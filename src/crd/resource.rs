@@ -1,6 +1,7 @@
 //! The `SpiffeID` custom resource (`spiffeid.spiffe.io/v1beta1`), wire-compatible with the
-//! original registrar's CRD. The schema is hand-written in `deploy/crd/spiffeid-crd.yaml`
-//! (schemars is not a dependency), so the derive runs with `schema = "disabled"`.
+//! original registrar's CRD. The schema is hand-written in the chart
+//! (`deploy/helm/k8s-workload-registrar/files/spiffeid-crd.yaml`; schemars is not a dependency),
+//! so the derive runs with `schema = "disabled"`.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! CRD mode end to end: SpiffeID resources → SPIRE entries, against real kube-apiserver + etcd
-//! and spire-server. The CRD comes from `deploy/crd/spiffeid-crd.yaml` (the stack has no
+//! and spire-server. The CRD comes from the chart (`deploy/helm/k8s-workload-registrar/files/spiffeid-crd.yaml`) (the stack has no
 //! controller-manager, so finalizers and deletions are observed exactly as the registrar leaves
 //! them).
 
@@ -21,7 +21,11 @@ use crate::{
 
 /// Creates the SpiffeID CRD from the shipped manifest and waits until it is served.
 pub async fn install_crd(client: &kube::Client) {
-    let yaml = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crd/spiffeid-crd.yaml")).unwrap();
+    let yaml = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/helm/k8s-workload-registrar/files/spiffeid-crd.yaml"
+    ))
+    .unwrap();
     let req = http::Request::post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
         .header("Content-Type", "application/yaml")
         .body(yaml)
@@ -690,10 +694,10 @@ async fn the_spiffeid_webhook_denies_what_the_controller_refuses() {
     .await;
     reg.proc.wait_for_port(port, Duration::from_secs(30)).await;
 
-    // The shipped ValidatingWebhookConfiguration, pointed at this registrar (no Services here).
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crd/webhook.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    // The chart's ValidatingWebhookConfiguration, pointed at this registrar (no Services here).
+    let sets =
+        ["mode=crd", "crd.webhook.enabled=true", "crd.webhook.certSecretName=c", "crd.webhook.caBundle=Q0E="];
+    let docs = crate::chart::render(crate::chart::RELEASE, "spire", &sets.map(String::from));
     let mut vwc = docs.into_iter().find(|d| d["kind"] == "ValidatingWebhookConfiguration").unwrap();
     let path = vwc["webhooks"][0]["clientConfig"]["service"]["path"].as_str().unwrap().to_string();
     vwc["webhooks"][0]["clientConfig"] = json!({
@@ -786,7 +790,7 @@ async fn the_spiffeid_webhook_denies_what_the_controller_refuses() {
 
     // With the webhook unregistered the API server admits a hostile SpiffeID, and the controller
     // refuses it all the same: no entry, status.error, an Event.
-    configs.delete("k8s-workload-registrar-spiffeid", &DeleteParams::default()).await.unwrap();
+    configs.delete(crate::chart::RELEASE, &DeleteParams::default()).await.unwrap();
     eventually("the webhook is no longer consulted", Duration::from_secs(30), || async {
         shop.create(&dry, &hostile("probe")).await.is_ok().then_some(())
     })

@@ -2,10 +2,11 @@
 //! Go module proxy (see `stack`). One test binary with modules keeps link times down.
 
 mod chaos;
+mod chart;
 mod cli;
 mod crd;
+mod image;
 mod leader;
-mod rbac;
 mod reconcile;
 mod registrar;
 mod resilience;

@@ -22,21 +22,21 @@ use crate::{
 const JOIN_TOKEN_PLUGIN: &str = r#"NodeAttestor "join_token" {
         plugin_data {}
     }"#;
-const AGENT_ID: &str = "spiffe://example.org/agent/test";
+pub const AGENT_ID: &str = "spiffe://example.org/agent/test";
 const REGISTRAR_ID: &str = "spiffe://example.org/registrar";
 const SVID_WAIT: Duration = Duration::from_secs(60);
 
 /// spire-server with the join-token attestor, and one spire-agent attested with a token.
 /// Field order is drop order: the agent stops before the server, the temp dir goes last.
-struct TcpStack {
+pub struct TcpStack {
     agent: Proc,
-    spire: Spire,
+    pub spire: Spire,
     agent_socket: PathBuf,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TcpStack {
-    async fn start() -> TcpStack {
+    pub async fn start() -> TcpStack {
         // Short path: unix socket paths must stay under ~107 bytes.
         let dir = tempfile::Builder::new().prefix("kwr-").tempdir_in("/tmp").expect("temp dir");
         let spire = Spire::start_with(dir.path(), JOIN_TOKEN_PLUGIN).await;
@@ -150,7 +150,7 @@ plugins {{
         entry["id"].as_str().unwrap().to_string()
     }
 
-    fn agent_socket(&self) -> &Path {
+    pub fn agent_socket(&self) -> &Path {
         &self.agent_socket
     }
 }

@@ -329,28 +329,33 @@ async fn statefulset_name_reuse_and_downtime_are_repaired() {
     .await;
 }
 
+/// The chart's webhook-mode RBAC and config (`deploy/helm`), run as its ServiceAccount: admissions
+/// write entries, and the cluster shard — which lists pods with only those permissions — removes
+/// a stale one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shipped_webhook_rbac_is_sufficient() {
+async fn chart_rbac_and_config_serve_webhook_mode() {
     let (stack, pki) = webhook_stack().await;
     let k = stack.kube.client().await;
     let spire = stack.spire.client();
-    create_namespace(&k, "spire").await;
     create_namespace(&k, "apps").await;
-    crate::rbac::apply(&k, "deploy/webhook/registrar.yaml").await;
-    let port = free_port();
-    let kubeconfig = stack.kube.registrar_kubeconfig.display().to_string();
-    let reg = start_registrar_env(
+    let (cert, key) = pki.ca.leaf("registrar", &["127.0.0.1", "localhost"], false);
+    pki.write("server.pem", &cert);
+    pki.write("server-key.pem", &key);
+    pki.write("ca.pem", &pki.ca.cert_pem);
+    let (port, metrics_port) = (free_port(), free_port());
+    let (config, kubeconfig) = crate::chart::install_for_local_run(
         &stack,
-        &pki,
-        "wh",
-        port,
-        "",
-        &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "spire")],
+        "webhook",
+        metrics_port,
+        &["cluster=wc".into(), format!("webhook.port={port}")],
+        &[("/run/spire/webhook/", format!("{}/", pki.dir.path().display()))],
     )
     .await;
+    let reg = crate::chart::start_as_rendered(&stack, "wh", config, metrics_port, &kubeconfig).await;
+    reg.proc.wait_for_port(port, Duration::from_secs(30)).await;
     register_webhook(&stack, &pki, port, "Fail").await;
     // A stale entry under the cluster entry, for a pod that does not exist: only the cluster shard,
-    // which lists pods with the shipped permissions, can remove it.
+    // which lists pods with the chart's permissions, can remove it.
     let stale = spire
         .create_entries(&[k8s_workload_registrar::model::EntrySpec {
             spiffe_id: id("/ns/apps/sa/ghost"),

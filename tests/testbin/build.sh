@@ -2,6 +2,7 @@
 # Builds the real components the integration tests run against, once per machine:
 #   kube-apiserver + etcd  (k8s.io/kubernetes through a wrapper module, see README "Test stack")
 #   spire-server, spire-agent (github.com/spiffe/spire via `go get -tool`)
+#   helm                      (helm.sh/helm/v3, for the chart tests)
 # from the Go module proxy, with the `go` client, at pinned versions, into a cache outside the
 # repository. Nothing built here is ever committed. Re-running is cheap: cached binaries are
 # reused. A lock keeps two parallel callers (test processes, CI steps) from building at once.
@@ -11,6 +12,7 @@ set -euo pipefail
 
 K8S_VERSION="${KWR_K8S_VERSION:-1.36.3}"
 SPIRE_VERSION="${KWR_SPIRE_VERSION:-1.13.3}"
+HELM_VERSION="${KWR_HELM_VERSION:-3.22.0}"
 CACHE="${KWR_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-workload-registrar/testbin}"
 
 log() { echo "testbin: $*" >&2; }
@@ -30,6 +32,7 @@ flock 9
 
 KUBE_DIR="$CACHE/kube-v$K8S_VERSION"
 SPIRE_DIR="$CACHE/spire-v$SPIRE_VERSION"
+HELM_DIR="$CACHE/helm-v$HELM_VERSION"
 export GOFLAGS="-mod=mod -buildvcs=false"
 
 build_kube() {
@@ -106,10 +109,35 @@ build_spire() {
   rm -rf "$work" "$SPIRE_DIR.tmp"
 }
 
+build_helm() {
+  [[ -x "$HELM_DIR/helm" ]] && return 0
+  log "building helm v$HELM_VERSION (first run only; ~3-5 min)"
+  local work
+  work="$(mktemp -d)"
+  (
+    cd "$work"
+    go mod init example.local/helm-bin >/dev/null 2>&1
+    go get -tool "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" >&2
+    # As helm's Makefile: the Kubernetes version `helm template` and `helm lint` assume is the
+    # one of the client-go it was built with (v0.35.x -> 1.35), not the compiled-in 1.20.
+    local minor pkg=helm.sh/helm/v3/pkg
+    minor="$(go list -f '{{.Version}}' -m k8s.io/client-go | cut -d. -f2)"
+    mkdir -p "$HELM_DIR.tmp"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION \
+      -X $pkg/lint/rules.k8sVersionMajor=1 -X $pkg/lint/rules.k8sVersionMinor=$minor \
+      -X $pkg/chartutil.k8sVersionMajor=1 -X $pkg/chartutil.k8sVersionMinor=$minor" \
+      -o "$HELM_DIR.tmp/helm" helm.sh/helm/v3/cmd/helm
+  )
+  rm -rf "$work" "$HELM_DIR"
+  mv "$HELM_DIR.tmp" "$HELM_DIR"
+}
+
 build_kube
 build_spire
+build_helm
 
 echo "kube-apiserver=$KUBE_DIR/kube-apiserver"
 echo "etcd=$KUBE_DIR/etcd"
 echo "spire-server=$SPIRE_DIR/spire-server"
 echo "spire-agent=$SPIRE_DIR/spire-agent"
+echo "helm=$HELM_DIR/helm"

@@ -55,9 +55,6 @@ pub fn free_port() -> u16 {
 /// A running kube-apiserver with its etcd.
 pub struct Kube {
     pub kubeconfig: PathBuf,
-    /// Authenticates as the ServiceAccount `spire/spire-server` (a static token with that user
-    /// name), which has exactly the permissions RBAC grants it — for testing `deploy/` RBAC.
-    pub registrar_kubeconfig: PathBuf,
     _apiserver: Proc,
     _etcd: Proc,
     /// The API server's command line and working dir, for `restart_apiserver`.
@@ -79,15 +76,7 @@ impl Kube {
         let (etcd, etcd_url) = start_etcd(&dir).await;
         let pki = certs::write_kube_pki(&dir);
         let token = "admin-token-for-tests".to_string();
-        let sa_token = "spire-server-sa-token-for-tests";
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!(
-                "{token},admin,admin,\"system:masters\"\n{sa_token},system:serviceaccount:spire:spire-server,sa-uid,\
-                 \"system:serviceaccounts,system:serviceaccounts:spire,system:authenticated\"\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n")).unwrap();
         let admission = opts.admission_config.as_ref().map(|cfg| {
             let path = dir.join("admission-config.yaml");
             std::fs::write(&path, cfg).unwrap();
@@ -123,11 +112,8 @@ impl Kube {
             let url = format!("https://127.0.0.1:{port}");
             let kubeconfig = dir.join("kubeconfig");
             std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, &token)).unwrap();
-            let registrar_kubeconfig = dir.join("kubeconfig-spire-server");
-            std::fs::write(&registrar_kubeconfig, kubeconfig_yaml(&url, &pki.ca_pem, sa_token)).unwrap();
             let kube = Kube {
                 kubeconfig,
-                registrar_kubeconfig,
                 _apiserver: apiserver,
                 _etcd: etcd.take().unwrap(),
                 args,
@@ -158,6 +144,37 @@ impl Kube {
         let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self._apiserver = Proc::spawn("kube-apiserver", &bin("kube-apiserver"), &arg_refs, &self.dir);
         self.wait_ready().await;
+    }
+
+    /// A kubeconfig that authenticates as the ServiceAccount `ns/name` with a token from the
+    /// TokenRequest API, as a pod of that account would; `host` replaces `127.0.0.1` in the
+    /// server URL (`localhost` makes a client resolve a name).
+    pub async fn service_account_kubeconfig(&self, ns: &str, name: &str, host: &str) -> PathBuf {
+        use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client().await, ns);
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": {"audiences": [], "expirationSeconds": 3600}
+        }))
+        .unwrap();
+        let token = accounts
+            .create_token_request(name, &Default::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{name}: {e}"))
+            .status
+            .expect("token status")
+            .token;
+        let admin = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let text: String = admin
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("token: ") {
+                Some(_) => format!("    token: {token}"),
+                None => l.replace("https://127.0.0.1:", &format!("https://{host}:")),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.dir.join(format!("kubeconfig-{ns}-{name}-{host}"));
+        std::fs::write(&path, text + "\n").unwrap();
+        path
     }
 
     pub async fn client(&self) -> kube::Client {
