@@ -198,9 +198,14 @@ pub async fn all_shown(spire: &SpireClient) -> Vec<Shown> {
 }
 
 /// Waits until SPIRE holds exactly `expected` (as a multiset), and returns the entries.
-pub async fn converge(spire: &SpireClient, mut expected: Vec<Shown>) -> Vec<Entry> {
+pub async fn converge(spire: &SpireClient, expected: Vec<Shown>) -> Vec<Entry> {
+    converge_within(spire, expected, Duration::from_secs(60)).await
+}
+
+/// `converge` with a deadline of the caller's (for bounds a user would notice, not for speed).
+pub async fn converge_within(spire: &SpireClient, mut expected: Vec<Shown>, within: Duration) -> Vec<Entry> {
     expected.sort();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let entries = all_entries(spire).await;
         let got: Vec<Shown> = entries.iter().map(|e| shown(&e.spec)).collect();
@@ -208,7 +213,7 @@ pub async fn converge(spire: &SpireClient, mut expected: Vec<Shown>) -> Vec<Entr
             return entries;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("SPIRE did not converge.\nexpected: {expected:#?}\ngot: {got:#?}");
+            panic!("SPIRE did not converge within {within:?}.\nexpected: {expected:#?}\ngot: {got:#?}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
