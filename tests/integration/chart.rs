@@ -258,6 +258,15 @@ async fn rendered_chart_applies_and_its_pods_pass_restricted_pod_security() {
             assert_eq!(workloads.len(), 1, "{ns}: one workload");
             let expected = if topology == "standalone" { "Deployment" } else { "StatefulSet" };
             assert_eq!(workloads[0]["kind"], expected, "{ns}");
+            let containers = workloads[0]["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+            let registrar = containers.iter().find(|c| c["name"] == "k8s-workload-registrar").unwrap();
+            assert!(registrar["livenessProbe"].is_object(), "{ns}: a liveness probe");
+            // In the sidecar topology the pod's readiness must be spire-server's alone.
+            assert_eq!(
+                registrar["readinessProbe"].is_object(),
+                topology == "standalone",
+                "{ns}: readiness probe"
+            );
             let pod = pod_from_template(workloads[0]);
             apply(&k, std::slice::from_ref(&pod)).await;
             let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
