@@ -28,7 +28,13 @@ pub struct Health {
 
 pub fn router(health: Health) -> Router {
     let router = Router::new()
-        .route("/metrics", get(|State(h): State<Health>| async move { h.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move {
+                let process = crate::process_metrics::read().map(|r| crate::process_metrics::render(&r));
+                h.metrics.render() + &process.unwrap_or_default()
+            }),
+        )
         .route(
             "/healthz",
             get(|State(h): State<Health>| async move { flag(&h.alive, "ok", "actor system stopped") }),

@@ -24,6 +24,7 @@ pub mod k8s;
 pub mod leadership;
 pub mod metrics;
 pub mod model;
+pub mod process_metrics;
 pub mod readiness;
 pub mod spire;
 pub mod telemetry;

@@ -19,19 +19,10 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Help => {
-            println!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("k8s-workload-registrar {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        Command::Help => print(cli::USAGE),
+        Command::Version => print(&format!("k8s-workload-registrar {}", env!("CARGO_PKG_VERSION"))),
         Command::Validate { config } => match config::load(&config) {
-            Ok(cfg) => {
-                println!("{}", cfg.to_json());
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => print(&cfg.to_json()),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
@@ -53,6 +44,21 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Writes `text` and a newline to stdout. A reader that closed the pipe early (`--help | head -1`)
+/// had what it wanted: that is success, not a panic.
+fn print(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }

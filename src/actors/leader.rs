@@ -115,13 +115,24 @@ impl LeaderState {
     }
 
     fn step_down(&mut self, reason: &str) {
+        self.stop_leading(reason, false);
+    }
+
+    /// `planned`: a graceful shutdown handing the lock over, logged at info; any other loss of
+    /// leadership is a warning.
+    fn stop_leading(&mut self, reason: &str, planned: bool) {
         if self.renewed_at.take().is_none() {
             return;
         }
         let epoch = self.tx.borrow().epoch;
         self.tx.send_replace(Leadership { leading: false, epoch });
         metrics::gauge!("registrar_is_leader").set(0.0);
-        tracing::warn!(leader = %self.config.identity, epoch, lock = self.lock.describe(), reason, "Stopped leading.");
+        let lock = self.lock.describe();
+        if planned {
+            tracing::info!(leader = %self.config.identity, epoch, lock, reason, "Stopped leading.");
+        } else {
+            tracing::warn!(leader = %self.config.identity, epoch, lock, reason, "Stopped leading.");
+        }
     }
 
     fn check_deadline(&mut self, now: Instant) {
@@ -410,7 +421,7 @@ impl Actor for Leader {
             LeaderMsg::Release(reply) => {
                 state.released = true;
                 // Writers stop before the lock is given away.
-                state.step_down("released on shutdown");
+                state.stop_leading("released on shutdown", true);
                 state.release().await;
                 let _ = reply.send(());
             }

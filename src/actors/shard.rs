@@ -389,7 +389,6 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
         return;
     }
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
-    metrics::gauge!("registrar_pending_ops").set(ops.len() as f64);
     let reply = state
         .args
         .pool

@@ -267,6 +267,10 @@ where
     T: Send + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
+    // The kind's series exist from the start (at 0), so that rate() and alerts see them before
+    // the first event or error.
+    metrics::counter!("registrar_objects_processed_total", "kind" => kind.label()).increment(0);
+    metrics::counter!("registrar_watch_errors_total", "kind" => kind.label()).increment(0);
     tokio::spawn(async move {
         // Classic list+watch (no streaming lists); after errors `WatchBackoff` retries within 2 s.
         let mut stream = watcher(api, watcher::Config::default())

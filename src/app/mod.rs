@@ -79,6 +79,7 @@ pub fn metrics_handle() -> Result<PrometheusHandle, Error> {
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))?;
     crate::metrics::describe();
+    crate::metrics::preinitialise();
     let upkeep = handle.clone();
     // Without periodic upkeep the exporter's histogram buffers grow without bound.
     tokio::spawn(async move {

@@ -102,7 +102,13 @@ impl SpireClient {
             .connect_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                // Name the socket: a bare "No such file or directory" says nothing to an operator.
+                let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("spire-server socket {}: {e}", path.display()))
+                })?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
         }));
         Ok(Self::from_channel(channel))
     }
@@ -247,7 +253,7 @@ impl SpireClient {
             }) => self.reach.failed(),
             _ => self.reach.ok(),
         }
-        metrics::histogram!("spire_call_duration_seconds", "method" => method, "outcome" => label)
+        metrics::histogram!("registrar_spire_call_duration_seconds", "method" => method, "outcome" => label)
             .record(start.elapsed().as_secs_f64());
         outcome
     }

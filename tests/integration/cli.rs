@@ -109,7 +109,7 @@ async fn metrics_health_and_graceful_shutdown() {
     assert!(
         metric_value(
             &m,
-            "spire_call_duration_seconds_count",
+            "registrar_spire_call_duration_seconds_count",
             &[("method", "BatchCreateEntry"), ("outcome", "ok")]
         )
         .unwrap()
@@ -117,6 +117,22 @@ async fn metrics_health_and_graceful_shutdown() {
     );
     assert!(metric_value(&m, "registrar_reconcile_duration_seconds_count", &[]).unwrap() >= 1.0);
     assert_eq!(metric_value(&m, "registrar_shards", &[]), Some(1.0));
+    assert_eq!(
+        metric_value(&m, "registrar_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    // Series that exist before anything happened to them, at 0.
+    assert_eq!(
+        metric_value(&m, "registrar_entry_ops_total", &[("op", "delete"), ("outcome", "failed")]),
+        Some(0.0)
+    );
+    assert_eq!(metric_value(&m, "registrar_invalid_identity_total", &[("reason", "reserved_id")]), Some(0.0));
+    assert_eq!(metric_value(&m, "registrar_watch_errors_total", &[("kind", "nodes")]), Some(0.0));
+    // The process metrics Prometheus users expect, with their types.
+    assert!(metric_value(&m, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(metric_value(&m, "process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    assert!(metric_value(&m, "process_open_fds", &[]).unwrap() >= 3.0);
+    assert!(m.contains("# TYPE process_cpu_seconds_total counter"), "{m}");
     assert_eq!(metric_value(&m, "registrar_is_leader", &[]), Some(1.0), "no election: always the writer");
     // Resyncs (every 2 s here) queue work briefly; between them nothing is queued.
     eventually("an empty queue", Duration::from_secs(10), || async {
@@ -135,9 +151,68 @@ async fn metrics_health_and_graceful_shutdown() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect();
-    assert!(lines.iter().any(|l| l["fields"]["message"] == "Shutting down."), "{text}");
+    // Flat: the message and the event's fields at the top level, beside timestamp and level.
+    assert!(lines.iter().any(|l| l["message"] == "Shutting down."), "{text}");
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string() && l["message"].is_string(), "{l}");
+        assert!(
+            l.get("fields").is_none() && l.get("span").is_none() && l.get("spans").is_none(),
+            "nested: {l}"
+        );
+    }
     assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "log_level = debug is honoured");
     assert!(lines.iter().all(|l| l["level"] != "TRACE"), "log_level = debug is honoured");
+    // ... for this crate only: the HTTP/2 and Kubernetes clients stay at warn.
+    for l in lines.iter().filter(|l| l["level"] == "DEBUG" || l["level"] == "INFO") {
+        let target = l["target"].as_str().unwrap_or_default();
+        assert!(target.starts_with("k8s_workload_registrar"), "a dependency logs below warn: {l}");
+    }
+    // A planned shutdown is not a warning.
+    assert!(!lines.iter().any(|l| l["level"] == "WARN" && l["message"] == "Stopped leading."), "{text}");
+}
+
+/// What `kubectl logs` shows is plain text (stderr is not a terminal), and an unreachable
+/// SPIRE socket is named in the error; `--help | head -1` and friends do not panic when the
+/// reader closes the pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_logs_are_plain_text_and_name_the_spire_socket() {
+    let stack = Stack::start().await;
+    let port = crate::stack::free_port();
+    let config = stack.dir.path().join("nosock.conf");
+    let socket = stack.dir.path().join("no-such-dir").join("api.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"c\"\nmode = \"reconcile\"\n\
+             log_level = \"debug\"\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let reg = Registrar::start_with_config(&stack, "nosock", config, port, &[]).await;
+    let k = stack.kube.client().await;
+    create_node(&k, "n1").await;
+    eventually("an error naming the socket", Duration::from_secs(60), || async {
+        let log = reg.proc.log_text();
+        (log.contains("spire-server socket") && log.contains(&socket.display().to_string())).then_some(())
+    })
+    .await;
+    let log = reg.proc.log_text();
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in piped logs:\n{}", reg.proc.log_tail());
+
+    for args in [&["--help"][..], &["--version"][..]] {
+        let mut child = bin()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before reading a byte, as `head` does after its first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !err.contains("panicked"), "{args:?}: {:?} {err}", out.status);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,7 +333,7 @@ async fn pods_and_nodes_get_spiffeids() {
 async fn crd_writes(r: &Registrar) -> f64 {
     let m = r.metrics().await;
     let entry_ops = metric_value(&m, "registrar_entry_ops_total", &[]).unwrap_or(0.0);
-    let spire_calls = metric_value(&m, "spire_call_duration_seconds_count", &[]).unwrap_or(0.0);
+    let spire_calls = metric_value(&m, "registrar_spire_call_duration_seconds_count", &[]).unwrap_or(0.0);
     let sid_writes = metric_value(&m, "registrar_spiffeid_writes_total", &[]).unwrap_or(0.0);
     entry_ops + spire_calls + sid_writes
 }
@@ -651,8 +651,11 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
     })
     .await;
     let metrics = reg.metrics().await;
-    let creates =
-        metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "BatchCreateEntry")]);
+    let creates = metric_value(
+        &metrics,
+        "registrar_spire_call_duration_seconds_count",
+        &[("method", "BatchCreateEntry")],
+    );
     assert_eq!(creates, Some(4.0), "1 refused create + 3 creates of the ok entry, no retries");
     assert_eq!(
         metric_value(&metrics, "registrar_invalid_identity_total", &[("reason", "spire_rejected")]),

@@ -91,7 +91,8 @@ async fn entries_follow_pods_and_nodes() {
             >= 3.0
     );
     assert!(
-        metric_value(&metrics, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap()
+        metric_value(&metrics, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")])
+            .unwrap()
             >= 1.0
     );
 }

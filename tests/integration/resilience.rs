@@ -60,12 +60,14 @@ async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
             .sum::<f64>()
     };
     let resyncs_before =
-        metric_value(&m1, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+        metric_value(&m1, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")])
+            .unwrap();
     // Wait for at least two more resync rounds (interval 2s) to have read SPIRE.
     eventually("two more resyncs", Duration::from_secs(30), || async {
         let m = reg.metrics().await;
         let lists =
-            metric_value(&m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]).unwrap();
+            metric_value(&m, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")])
+                .unwrap();
         (lists >= resyncs_before + 4.0).then_some(())
     })
     .await;
@@ -294,7 +296,8 @@ async fn idle_anti_entropy_lists_once_per_interval_and_writes_nothing() {
     converge(&spire, expected.clone()).await;
 
     let count = |m: &str| {
-        let lists = metric_value(m, "spire_call_duration_seconds_count", &[("method", "ListEntries")]);
+        let lists =
+            metric_value(m, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")]);
         let passes = metric_value(m, "registrar_reconcile_duration_seconds_count", &[]);
         let writes = metric_value(m, "registrar_entry_ops_total", &[]);
         (lists.unwrap_or(0.0), passes.unwrap_or(0.0), writes.unwrap_or(0.0))
