@@ -1,10 +1,10 @@
 //! Command-line parsing: turns the process arguments into a [`Command`]. Pure (no I/O, no
 //! environment), so every accepted form is unit-tested; `main` does the printing and exiting.
 //!
-//! The flag spellings of the Go registrar (`-config FILE`, `-version`) keep working, so existing
-//! Deployments need no change; the GNU forms (`--config FILE`, `--config=FILE`) are accepted too.
-//! A hand-written parser is enough for one flag and two subcommands and keeps clap out of the
-//! build.
+//! The flag spellings of the Go registrar (`-config FILE`, `-kubeconfig FILE`, `-version`) keep
+//! working, so existing Deployments need no change, as does SPIRE's `-expandEnv`; the GNU forms
+//! (`--config FILE`, `--config=FILE`) are accepted too. A hand-written parser is enough for three
+//! flags and two subcommands and keeps clap out of the build.
 
 use std::path::PathBuf;
 
@@ -16,35 +16,43 @@ pub const DEFAULT_CONFIG_PATH: &str = "k8s-workload-registrar.conf";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Load the configuration and run the registrar (the default).
-    Run {
-        config: PathBuf,
-    },
+    Run(Args),
     /// Load and validate the configuration, print the effective configuration, exit.
-    Validate {
-        config: PathBuf,
-    },
+    Validate(Args),
     Help,
     Version,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CliError {
-    #[error("unknown flag {0:?}{hint} (see --help)", hint = flag_hint(.0))]
-    UnknownFlag(String),
-    #[error("flag {0:?} needs a value: the path of the configuration file")]
-    MissingValue(String),
-    #[error("unexpected argument {0:?}; commands are \"run\" and \"validate\" (see --help)")]
-    UnexpectedArgument(String),
-    #[error("the configuration file is given more than once")]
-    RepeatedConfig,
+/// The flags of `run` and `validate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub config: PathBuf,
+    /// `-kubeconfig`: this file instead of `KUBECONFIG` or the in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// `-expandEnv`: replace `$VAR` and `${VAR}` in the config file with the environment's
+    /// values before parsing (SPIRE's convention; see `config::expand_env`).
+    pub expand_env: bool,
 }
 
-/// Points users of the Go registrar's controller-runtime flags at what replaces them.
-fn flag_hint(flag: &str) -> &'static str {
-    match flag.trim_start_matches('-').split('=').next() {
-        Some("kubeconfig") => "; set the KUBECONFIG environment variable instead",
-        _ => "",
+impl Args {
+    /// `config` with every other flag at its default.
+    pub fn new(config: PathBuf) -> Self {
+        Self { config, kubeconfig: None, expand_env: false }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    #[error("unknown flag {0:?} (see --help)")]
+    UnknownFlag(String),
+    #[error("flag {0:?} needs a value: the path of a file")]
+    MissingValue(String),
+    #[error("flag {0:?} takes true or false")]
+    BadBool(String),
+    #[error("unexpected argument {0:?}; commands are \"run\" and \"validate\" (see --help)")]
+    UnexpectedArgument(String),
+    #[error("flag -{0} is given more than once")]
+    Repeated(&'static str),
 }
 
 /// Parses the arguments after the program name.
@@ -56,6 +64,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
     }
     let mut sub: Option<Sub> = None;
     let mut config: Option<PathBuf> = None;
+    let mut kubeconfig: Option<PathBuf> = None;
+    let mut expand_env: Option<bool> = None;
     let mut args = args.into_iter();
 
     while let Some(arg) = args.next() {
@@ -72,33 +82,56 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.trim_start_matches('-').to_string(), None),
         };
+        let mut path_value = |inline: Option<String>| -> Result<PathBuf, CliError> {
+            let value = match inline {
+                Some(v) => v,
+                // A following flag is not a file name: `-config -h` is a mistake.
+                None => args
+                    .next()
+                    .filter(|v| !v.starts_with('-'))
+                    .ok_or_else(|| CliError::MissingValue(arg.clone()))?,
+            };
+            if value.is_empty() {
+                return Err(CliError::MissingValue(arg.clone()));
+            }
+            Ok(PathBuf::from(value))
+        };
         match (name.as_str(), inline) {
             ("h" | "help", None) => return Ok(Command::Help),
             ("version", None) => return Ok(Command::Version),
             ("config", value) => {
-                let value = match value {
-                    Some(v) => v,
-                    // A following flag is not a file name: `-config -h` is a mistake.
-                    None => args
-                        .next()
-                        .filter(|v| !v.starts_with('-'))
-                        .ok_or_else(|| CliError::MissingValue(arg.clone()))?,
-                };
-                if value.is_empty() {
-                    return Err(CliError::MissingValue(arg));
+                if config.replace(path_value(value)?).is_some() {
+                    return Err(CliError::Repeated("config"));
                 }
-                if config.replace(PathBuf::from(value)).is_some() {
-                    return Err(CliError::RepeatedConfig);
+            }
+            ("kubeconfig", value) => {
+                if kubeconfig.replace(path_value(value)?).is_some() {
+                    return Err(CliError::Repeated("kubeconfig"));
+                }
+            }
+            // A Go boolean flag: `-expandEnv`, `-expandEnv=true`, `-expandEnv=false`.
+            ("expandEnv", value) => {
+                let on = match value.as_deref() {
+                    None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => true,
+                    Some("false" | "0" | "f" | "F" | "FALSE" | "False") => false,
+                    Some(_) => return Err(CliError::BadBool(arg)),
+                };
+                if expand_env.replace(on).is_some() {
+                    return Err(CliError::Repeated("expandEnv"));
                 }
             }
             _ => return Err(CliError::UnknownFlag(arg)),
         }
     }
 
-    let path = || config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let args = Args {
+        kubeconfig,
+        expand_env: expand_env.unwrap_or(false),
+        ..Args::new(config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)))
+    };
     match sub {
-        None | Some(Sub::Run) => Ok(Command::Run { config: path() }),
-        Some(Sub::Validate) => Ok(Command::Validate { config: path() }),
+        None | Some(Sub::Run) => Ok(Command::Run(args)),
+        Some(Sub::Validate) => Ok(Command::Validate(args)),
     }
 }
 
@@ -114,10 +147,13 @@ USAGE:
     k8s-workload-registrar -help                    print this help
 
 FLAGS:
-    -config FILE   HCL configuration file [default: k8s-workload-registrar.conf]
-                   (also --config FILE, -config=FILE, --config=FILE)
-    -h, -help      print this help (also --help)
-    -version       print the version (also --version)
+    -config FILE      HCL configuration file [default: k8s-workload-registrar.conf]
+                      (also --config FILE, -config=FILE, --config=FILE)
+    -kubeconfig FILE  kubeconfig to use [default: $KUBECONFIG, else in-cluster]
+    -expandEnv        replace $VAR and ${VAR} in the configuration file with environment
+                      variables before parsing (unset ones become empty)
+    -h, -help         print this help (also --help)
+    -version          print the version (also --version)
 
 CONFIGURATION (HCL; unknown keys and keys of another mode are errors):
   all modes:
@@ -152,7 +188,7 @@ CONFIGURATION (HCL; unknown keys and keys of another mode are errors):
     dns_name_templates [[\"{{.Pod.Name}}\"]]  context { Key = \"value\" }
 
 ENVIRONMENT:
-    KUBECONFIG   kubeconfig file to use; otherwise the in-cluster configuration
+    KUBECONFIG   kubeconfig file to use unless -kubeconfig is given; otherwise in-cluster
     RUST_LOG     tracing filter (e.g. \"info,k8s_workload_registrar=debug\"); overrides log_level
 ";
 
@@ -165,11 +201,25 @@ mod tests {
     }
 
     fn run(path: &str) -> Command {
-        Command::Run { config: PathBuf::from(path) }
+        Command::Run(Args::new(PathBuf::from(path)))
     }
 
     fn validate(path: &str) -> Command {
-        Command::Validate { config: PathBuf::from(path) }
+        Command::Validate(Args::new(PathBuf::from(path)))
+    }
+
+    fn with(command: Command, f: impl FnOnce(&mut Args)) -> Command {
+        match command {
+            Command::Run(mut a) => {
+                f(&mut a);
+                Command::Run(a)
+            }
+            Command::Validate(mut a) => {
+                f(&mut a);
+                Command::Validate(a)
+            }
+            other => other,
+        }
     }
 
     #[test]
@@ -193,6 +243,17 @@ mod tests {
             (&["validate", "--help"], Command::Help),
             (&["-version"], Command::Version),
             (&["--version"], Command::Version),
+            (
+                &["-kubeconfig", "k.yaml"],
+                with(run(DEFAULT_CONFIG_PATH), |a| a.kubeconfig = Some("k.yaml".into())),
+            ),
+            (
+                &["-config", "a.conf", "--kubeconfig=k.yaml"],
+                with(run("a.conf"), |a| a.kubeconfig = Some("k.yaml".into())),
+            ),
+            (&["-expandEnv"], with(run(DEFAULT_CONFIG_PATH), |a| a.expand_env = true)),
+            (&["validate", "-expandEnv=true"], with(validate(DEFAULT_CONFIG_PATH), |a| a.expand_env = true)),
+            (&["-expandEnv=false"], run(DEFAULT_CONFIG_PATH)),
         ];
         for (args, expected) in cases {
             assert_eq!(parse(args).as_ref(), Ok(expected), "{args:?}");
@@ -204,14 +265,16 @@ mod tests {
         let cases: &[(&[&str], CliError, &str)] = &[
             (&["-verbose"], CliError::UnknownFlag("-verbose".into()), "\"-verbose\""),
             (&["validate", "--nope"], CliError::UnknownFlag("--nope".into()), "\"--nope\""),
-            (&["-kubeconfig", "k"], CliError::UnknownFlag("-kubeconfig".into()), "KUBECONFIG"),
+            (&["-kubeconfig"], CliError::MissingValue("-kubeconfig".into()), "needs a value"),
+            (&["-expandEnv=yes"], CliError::BadBool("-expandEnv=yes".into()), "true or false"),
+            (&["-expandEnv", "-expandEnv"], CliError::Repeated("expandEnv"), "more than once"),
             (&["-config"], CliError::MissingValue("-config".into()), "needs a value"),
             (&["-config", "-h"], CliError::MissingValue("-config".into()), "needs a value"),
             (&["--config="], CliError::MissingValue("--config=".into()), "needs a value"),
             (&["-version=1"], CliError::UnknownFlag("-version=1".into()), "unknown flag"),
             (&["frobnicate"], CliError::UnexpectedArgument("frobnicate".into()), "\"frobnicate\""),
             (&["validate", "run"], CliError::UnexpectedArgument("run".into()), "\"run\""),
-            (&["-config", "a", "-config", "b"], CliError::RepeatedConfig, "more than once"),
+            (&["-config", "a", "-config", "b"], CliError::Repeated("config"), "more than once"),
         ];
         for (args, expected, needle) in cases {
             let got = parse(args);
@@ -222,7 +285,7 @@ mod tests {
 
     #[test]
     fn usage_mentions_every_config_key_and_environment() {
-        let fixed = ["-config", "validate", "KUBECONFIG", "RUST_LOG"];
+        let fixed = ["-config", "-kubeconfig", "-expandEnv", "validate", "KUBECONFIG", "RUST_LOG"];
         for needle in fixed.into_iter().chain(crate::config::known_keys()) {
             assert!(USAGE.contains(needle), "USAGE lacks {needle}");
         }

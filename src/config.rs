@@ -361,9 +361,66 @@ fn render_invalid(path: Option<&Path>, errors: &[FieldError]) -> String {
 
 /// Reads and validates a configuration file; errors name the file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, false)
+}
+
+/// [`load`], with `$VAR` and `${VAR}` replaced by the process environment first when
+/// `expand_env` (the `-expandEnv` flag).
+pub fn load_with(path: &Path, expand_env: bool) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = if expand_env { expand_vars(&text, |name| std::env::var(name).ok()) } else { text };
     parse(&text).map_err(|e| e.in_file(path))
+}
+
+/// Replaces `${NAME}` and `$NAME` with `lookup(NAME)` (empty when unset), exactly as Go's
+/// `os.ExpandEnv`, which SPIRE's `-expandEnv` uses, so one config file behaves the same under
+/// both: a name is `[A-Za-z0-9_]+`, or one of the shell's special characters (`$$` reads the
+/// variable `$`); `${}` and an unclosed `${` are dropped; a `$` followed by anything else stays.
+pub fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    fn special(c: u8) -> bool {
+        matches!(c, b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9')
+    }
+    fn name_char(c: u8) -> bool {
+        c == b'_' || c.is_ascii_alphanumeric()
+    }
+    // (name, bytes consumed after the '$'); an empty name with width > 0 is bad syntax.
+    fn shell_name(s: &[u8]) -> (&[u8], usize) {
+        if s[0] == b'{' {
+            if s.len() > 2 && special(s[1]) && s[2] == b'}' {
+                return (&s[1..2], 3);
+            }
+            return match s.iter().position(|&c| c == b'}') {
+                None => (&[], 1),
+                Some(1) => (&[], 2),
+                Some(i) => (&s[1..i], i + 1),
+            };
+        }
+        if special(s[0]) {
+            return (&s[..1], 1);
+        }
+        let n = s.iter().take_while(|&&c| name_char(c)).count();
+        (&s[..n], n)
+    }
+    let bytes = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut j = 0;
+    while j < bytes.len() {
+        if bytes[j] == b'$' && j + 1 < bytes.len() {
+            let (name, width) = shell_name(&bytes[j + 1..]);
+            if name.is_empty() && width == 0 {
+                out.push(b'$');
+            } else if !name.is_empty() {
+                out.extend_from_slice(lookup(&String::from_utf8_lossy(name)).unwrap_or_default().as_bytes());
+            }
+            j += 1 + width;
+        } else {
+            out.push(bytes[j]);
+            j += 1;
+        }
+    }
+    // Only ASCII was removed or replaced by whole strings: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Validates configuration text.
@@ -1163,6 +1220,32 @@ fn context_refs(template: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expand_vars_is_gos_expand_env() {
+        let env = |name: &str| match name {
+            "CLUSTER" => Some("prod".to_string()),
+            "TD" => Some("example.org".to_string()),
+            "$" => Some("dollar".to_string()),
+            _ => None,
+        };
+        let cases = [
+            ("cluster = \"$CLUSTER\"", "cluster = \"prod\""),
+            ("trust_domain = \"${TD}\"", "trust_domain = \"example.org\""),
+            ("a = \"${TD}x$CLUSTER-y\"", "a = \"example.orgxprod-y\""),
+            ("unset = \"$NOPE${NOPE}\"", "unset = \"\""),
+            ("dollar = \"$$\"", "dollar = \"dollar\""),
+            ("trailing $", "trailing $"),
+            ("kept = \"$.\"", "kept = \"$.\""),
+            ("empty ${} gone", "empty  gone"),
+            ("unclosed ${TD", "unclosed TD"),
+            ("é ${TD} ü", "é example.org ü"),
+            ("tmpl = \"{{.Pod.Name}}\"", "tmpl = \"{{.Pod.Name}}\""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(expand_vars(text, env), want, "{text}");
+        }
+    }
 
     fn ok(text: &str) -> Config {
         match parse(text) {

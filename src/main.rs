@@ -1,7 +1,10 @@
 //! The `k8s-workload-registrar` binary: arguments, logging, signals and exit codes. The
 //! registrar itself is `app::run` in the library.
 
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use k8s_workload_registrar::{
@@ -21,22 +24,22 @@ fn main() -> ExitCode {
     match command {
         Command::Help => print(cli::USAGE),
         Command::Version => print(&format!("k8s-workload-registrar {}", env!("CARGO_PKG_VERSION"))),
-        Command::Validate { config } => match config::load(&config) {
+        Command::Validate(args) => match config::load_with(&args.config, args.expand_env) {
             Ok(cfg) => print(&cfg.to_json()),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let cfg = match config::load(&config) {
+        Command::Run(args) => {
+            let cfg = match config::load_with(&args.config, args.expand_env) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match run(cfg) {
+            match run(cfg, args.kubeconfig) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "Registrar stopped with an error.");
@@ -64,7 +67,7 @@ fn print(text: &str) -> ExitCode {
 }
 
 #[tokio::main]
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
     k8s_workload_registrar::telemetry::init(
         cfg.log_level.as_filter(),
         cfg.log_format == LogFormat::Json,
@@ -72,7 +75,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     )?;
     // One TLS crypto provider for the whole process: ring (see Cargo.toml).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    app::run(&cfg, None, shutdown_signal()).await.context("registrar")
+    let client = match kubeconfig {
+        Some(path) => {
+            Some(client_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
+        }
+        None => None,
+    };
+    app::run(&cfg, client, shutdown_signal()).await.context("registrar")
+}
+
+/// A Kubernetes client from the kubeconfig file at `path` (its current context).
+async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

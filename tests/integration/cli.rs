@@ -236,3 +236,51 @@ async fn webhook_start_up_errors_name_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing-cert.pem") && err.contains("cert_path"), "{err}");
 }
+
+/// `-kubeconfig FILE` wins over `KUBECONFIG`, and `-expandEnv` fills `$VAR`/`${VAR}` in the
+/// config file from the environment (SPIRE's convention), for `validate` and for a real run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_flag_and_expand_env() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    create_namespace(&k, "e").await;
+    create_node(&k, "n1").await;
+    pod("e", "p").on("n1").sa("s").create(&k).await;
+    let port = crate::stack::free_port();
+    let config = stack.dir.path().join("env.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"$KWR_TEST_SOCKET\"\ncluster = \"${{KWR_TEST_CLUSTER}}\"\n\
+             mode = \"reconcile\"\nmetrics_addr = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let socket = stack.spire.socket.display().to_string();
+    let env = [("KWR_TEST_CLUSTER", "fromenv"), ("KWR_TEST_SOCKET", socket.as_str())];
+
+    let out = bin().args(["validate", "-expandEnv", "-config"]).arg(&config).envs(env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(effective["cluster"], "fromenv", "{effective}");
+    // Without the flag the text is taken literally (and `$KWR_TEST_SOCKET` is no socket).
+    let out = bin().args(["validate", "-config"]).arg(&config).envs(env).output().unwrap();
+    let literal = String::from_utf8_lossy(&out.stdout);
+    assert!(!literal.contains("fromenv"), "{literal}");
+
+    let kubeconfig = stack.kube.kubeconfig.display().to_string();
+    let config_arg = config.display().to_string();
+    let reg = crate::stack::Proc::spawn_env(
+        "env-registrar",
+        std::path::Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
+        &["-config", &config_arg, "-kubeconfig", &kubeconfig, "-expandEnv"],
+        stack.dir.path(),
+        &[env[0], env[1], ("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    converge(
+        &stack.spire.client(),
+        vec![node_entry("fromenv", "n1"), pod_entry("fromenv", "n1", "e", "p", "/ns/e/sa/s")],
+    )
+    .await;
+    reg.assert_running();
+}
