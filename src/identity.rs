@@ -96,6 +96,9 @@ pub struct PodInfo {
     pub terminal: bool,
     /// `spec.hostname` (usually empty); CRD-mode templates may use it.
     pub hostname: String,
+    /// `metadata.creationTimestamp` in milliseconds since the Unix epoch, for the registration
+    /// latency metric only (never part of an identity).
+    pub created_unix_ms: Option<i64>,
 }
 
 impl PodInfo {

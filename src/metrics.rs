@@ -7,6 +7,10 @@ pub fn describe() {
     describe_gauge!("registrar_build_info", "Always 1; the version label is the running build's.");
     metrics::gauge!("registrar_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_counter!("registrar_objects_processed_total", "Watch events applied, by kind.");
+    describe_histogram!(
+        "registrar_registration_latency_seconds",
+        "Pod creation (creationTimestamp, whole seconds) to its entry confirmed in SPIRE, for pods created after this process started."
+    );
     describe_counter!("registrar_entry_ops_total", "SPIRE entry writes, by op and outcome.");
     describe_histogram!(
         "registrar_spire_call_duration_seconds",
@@ -66,6 +70,7 @@ pub const INVALID_IDENTITY_REASONS: [&str; 7] = [
 /// Creates the series of [`ENTRY_OPS`] × [`ENTRY_OUTCOMES`], [`INVALID_IDENTITY_REASONS`] and the
 /// unlabelled counters, at 0.
 pub fn preinitialise() {
+    started_unix_ms();
     for op in ENTRY_OPS {
         for outcome in ENTRY_OUTCOMES {
             metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome).increment(0);
@@ -75,4 +80,56 @@ pub fn preinitialise() {
         metrics::counter!("registrar_invalid_identity_total", "reason" => reason).increment(0);
     }
     metrics::counter!("registrar_sync_failures_total").increment(0);
+}
+
+/// Buckets of `registrar_registration_latency_seconds`: from sub-second (the timestamp has
+/// whole seconds, so 1 s is the useful resolution) to the minutes of a stuck pipeline.
+pub const REGISTRATION_BUCKETS: [f64; 11] = [0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// When this process started counting registrations (the first call; `preinitialise` makes it
+/// the start-up).
+pub fn started_unix_ms() -> i64 {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(now_unix_ms)
+}
+
+/// The registration latency of a pod created at `created_ms` whose entry was confirmed at
+/// `now_ms`, in seconds; `None` for pods that may have been created before `started_ms` (their
+/// age is not a latency of this process) or have no timestamp. The API server's clock may be ahead of
+/// ours: that gives 0, not a negative latency.
+pub fn registration_latency(created_ms: Option<i64>, now_ms: i64, started_ms: i64) -> Option<f64> {
+    // creationTimestamp has whole seconds: a pod stamped with the second we started in may be
+    // older than us, so only later seconds count.
+    let created = created_ms?;
+    let first_counted = started_ms - started_ms.rem_euclid(1000) + 1000;
+    (created >= first_counted).then(|| (now_ms - created).max(0) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_latency_counts_pods_created_since_start() {
+        let start = 1_000_500;
+        assert_eq!(registration_latency(Some(1_002_000), 1_003_250, start), Some(1.25));
+        assert_eq!(registration_latency(Some(1_001_000), 1_001_800, start), Some(0.8), "the next second");
+        // Stamped with the second of the start: maybe older than this process, not counted.
+        assert_eq!(registration_latency(Some(1_000_000), 1_000_800, start), None);
+        assert_eq!(registration_latency(Some(999_000), 1_003_000, start), None, "older than this process");
+        assert_eq!(registration_latency(None, 1_003_000, start), None);
+        assert_eq!(
+            registration_latency(Some(1_005_000), 1_004_000, start),
+            Some(0.0),
+            "API server clock ahead"
+        );
+    }
 }

@@ -168,6 +168,9 @@ pub struct ShardState {
     last_write: Option<std::time::Instant>,
     /// The last snapshot was older than this shard's knowledge and was not used.
     stale_snapshot: bool,
+    /// UIDs of pods whose registration latency was recorded (once per pod); pruned to the
+    /// shard's pods on every sync.
+    registered: HashSet<String>,
 }
 
 impl Actor for NodeShard {
@@ -192,6 +195,7 @@ impl Actor for NodeShard {
             retry_scheduled: false,
             last_write: None,
             stale_snapshot: false,
+            registered: HashSet::new(),
         })
     }
 
@@ -258,13 +262,17 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
     let mut problems = Vec::new();
     // Slices are looked up once per namespace per sync, not once per pod.
     let mut slices_by_ns: HashMap<String, Vec<EndpointSliceInfo>> = HashMap::new();
-    for pod in a.cache.pods_on(&a.node) {
+    let pods = a.cache.pods_on(&a.node);
+    let live: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+    state.registered.retain(|uid| live.contains(uid.as_str()));
+    let a = &state.args;
+    for pod in &pods {
         let slices: &[EndpointSliceInfo] = if a.naming.pod_dns_zone.is_some() {
             slices_by_ns.entry(pod.namespace.clone()).or_insert_with(|| a.cache.slices_in(&pod.namespace))
         } else {
             &[]
         };
-        match a.naming.pod_entry_with_warnings(&pod, slices) {
+        match a.naming.pod_entry_with_warnings(pod, slices) {
             Ok(Some(d)) => {
                 for rejected in &d.rejected_dns_names {
                     tracing::debug!(namespace = %pod.namespace, pod = %pod.name, reason = %rejected, "DNS name dropped.");
@@ -272,7 +280,7 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
                 out.push(d.spec);
             }
             Ok(None) => {}
-            Err(e) => problems.push((pod, e)),
+            Err(e) => problems.push((pod.clone(), e)),
         }
     }
     for (pod, e) in problems {
@@ -292,6 +300,45 @@ async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, 
     }
 }
 
+/// The namespace and name of the pod a pod entry is for (`k8s:ns:` + `k8s:pod-name:`); `None`
+/// for node-alias and cluster entries.
+fn pod_of(spec: &EntrySpec) -> Option<(&str, &str)> {
+    let selector = |prefix: &str| {
+        spec.selectors.iter().filter(|s| s.kind == "k8s").find_map(|s| s.value.strip_prefix(prefix))
+    };
+    Some((selector("ns:")?, selector("pod-name:")?))
+}
+
+/// `registrar_registration_latency_seconds` for each pod whose entry SPIRE just confirmed, once
+/// per pod, for pods created after this process started (`metrics::registration_latency`).
+fn observe_registrations(state: &mut ShardState, outcomes: &[OpOutcome]) {
+    let created: HashSet<(&str, &str)> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            OpOutcome::Created(e) => pod_of(&e.spec),
+            _ => None,
+        })
+        .collect();
+    if created.is_empty() {
+        return;
+    }
+    let pods = match state.args.mode {
+        ShardMode::PerNode => state.args.cache.pods_on(&state.args.node),
+        ShardMode::Cluster => state.args.cache.all_pods(),
+    };
+    let (now, started) = (crate::metrics::now_unix_ms(), crate::metrics::started_unix_ms());
+    for pod in pods {
+        if !created.contains(&(pod.namespace.as_str(), pod.name.as_str())) {
+            continue;
+        }
+        if let Some(seconds) = crate::metrics::registration_latency(pod.created_unix_ms, now, started)
+            && state.registered.insert(pod.uid.clone())
+        {
+            metrics::histogram!("registrar_registration_latency_seconds").record(seconds);
+        }
+    }
+}
+
 /// One log line, metric increment and Event (on the pod the entry is for) for an entry SPIRE
 /// refused for good; the caller stops sending it.
 async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError) {
@@ -300,11 +347,7 @@ async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError)
     tracing::warn!(node = %state.args.node, spiffe_id = %spec.spiffe_id, error = %error,
         "SPIRE refused an entry for good; not retried until it changes.");
     metrics::counter!("registrar_invalid_identity_total", "reason" => "spire_rejected").increment(1);
-    // Pod entries carry `k8s:ns:<ns>` and `k8s:pod-name:<name>`; a node-alias entry has neither.
-    let selector = |prefix: &str| {
-        spec.selectors.iter().filter(|s| s.kind == "k8s").find_map(|s| s.value.strip_prefix(prefix))
-    };
-    let (Some(namespace), Some(name)) = (selector("ns:"), selector("pod-name:")) else { return };
+    let Some((namespace, name)) = pod_of(spec) else { return };
     let uid = state
         .args
         .cache
@@ -325,7 +368,11 @@ async fn desired_cluster(state: &mut ShardState) -> Vec<EntrySpec> {
         Err(e) => tracing::warn!(error = %e, "No cluster entry."),
     }
     let mut problems = Vec::new();
-    for pod in a.cache.all_pods().into_iter().filter(|p| !p.terminal) {
+    let pods = a.cache.all_pods();
+    let live: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+    state.registered.retain(|uid| live.contains(uid.as_str()));
+    let a = &state.args;
+    for pod in pods.into_iter().filter(|p| !p.terminal) {
         match a.naming.webhook_pod_entry(&pod) {
             Ok(Some(spec)) => out.push(spec),
             Ok(None) => {}
@@ -401,6 +448,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
         Ok(Err(e)) => return retry_later(myself, state, &e.to_string()),
         Err(e) => return retry_later(myself, state, &e.to_string()),
     };
+    observe_registrations(state, &outcomes);
     let mut next = actual;
     let mut failed = false;
     let mut refused = Vec::new();

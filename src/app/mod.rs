@@ -76,6 +76,11 @@ pub fn metrics_handle() -> Result<PrometheusHandle, Error> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         .map_err(|e| Error::Metrics(e.to_string()))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("registrar_registration_latency_seconds".into()),
+            &crate::metrics::REGISTRATION_BUCKETS,
+        )
+        .map_err(|e| Error::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))?;
     crate::metrics::describe();

@@ -27,6 +27,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         pod_ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
         terminal: matches!(phase, Some("Succeeded" | "Failed")),
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_default(),
+        created_unix_ms: meta.creation_timestamp.as_ref().map(|t| t.0.as_millisecond()),
     })
 }
 

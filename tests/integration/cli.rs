@@ -95,7 +95,25 @@ async fn metrics_health_and_graceful_shutdown() {
         ],
     )
     .await;
+    // A pod created now is registered, and its latency (creation → entry in SPIRE) recorded;
+    // the pod that existed before the registrar started is not counted.
+    // creationTimestamp has whole seconds, and only seconds after the registrar's start count: a
+    // sleep for the clock's resolution, not a wait for a condition.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pod("m", "late").on("n1").sa("late").create(&k).await;
+    eventually("the late pod's registration latency", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        metric_value(&m, "registrar_registration_latency_seconds_count", &[]).filter(|c| *c >= 1.0)
+    })
+    .await;
     let m = reg.metrics().await;
+    assert_eq!(metric_value(&m, "registrar_registration_latency_seconds_count", &[]), Some(1.0), "{m}");
+    let sum = metric_value(&m, "registrar_registration_latency_seconds_sum", &[]).unwrap();
+    assert!((0.0..30.0).contains(&sum), "latency {sum} s");
+    assert!(
+        metric_value(&m, "registrar_registration_latency_seconds_bucket", &[("le", "300")]) == Some(1.0),
+        "the registration buckets reach minutes: {m}"
+    );
     // Every sample line parses as `name{labels} value`.
     for line in m.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (_, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
@@ -103,7 +121,8 @@ async fn metrics_health_and_graceful_shutdown() {
     }
     assert_eq!(
         metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]),
-        Some(2.0)
+        Some(3.0),
+        "the node's, p's and late's"
     );
     assert!(metric_value(&m, "registrar_objects_processed_total", &[("kind", "pods")]).unwrap() >= 1.0);
     assert!(
