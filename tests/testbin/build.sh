@@ -3,6 +3,7 @@
 #   kube-apiserver + etcd  (k8s.io/kubernetes through a wrapper module, see README "Test stack")
 #   spire-server, spire-agent (github.com/spiffe/spire via `go get -tool`)
 #   helm                      (helm.sh/helm/v3, for the chart tests)
+#   prometheus, promtool      (github.com/prometheus/prometheus, for the metrics and rules tests)
 # from the Go module proxy, with the `go` client, at pinned versions, into a cache outside the
 # repository. Nothing built here is ever committed. Re-running is cheap: cached binaries are
 # reused. A lock keeps two parallel callers (test processes, CI steps) from building at once.
@@ -13,6 +14,7 @@ set -euo pipefail
 K8S_VERSION="${KWR_K8S_VERSION:-1.36.3}"
 SPIRE_VERSION="${KWR_SPIRE_VERSION:-1.13.3}"
 HELM_VERSION="${KWR_HELM_VERSION:-3.22.0}"
+PROMETHEUS_VERSION="${KWR_PROMETHEUS_VERSION:-0.316.0}"
 CACHE="${KWR_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-workload-registrar/testbin}"
 
 log() { echo "testbin: $*" >&2; }
@@ -33,6 +35,7 @@ flock 9
 KUBE_DIR="$CACHE/kube-v$K8S_VERSION"
 SPIRE_DIR="$CACHE/spire-v$SPIRE_VERSION"
 HELM_DIR="$CACHE/helm-v$HELM_VERSION"
+PROMETHEUS_DIR="$CACHE/prometheus-v$PROMETHEUS_VERSION"
 export GOFLAGS="-mod=mod -buildvcs=false"
 
 build_kube() {
@@ -132,12 +135,38 @@ build_helm() {
   mv "$HELM_DIR.tmp" "$HELM_DIR"
 }
 
+build_prometheus() {
+  [[ -x "$PROMETHEUS_DIR/prometheus" && -x "$PROMETHEUS_DIR/promtool" ]] && return 0
+  log "building prometheus and promtool v$PROMETHEUS_VERSION (first run only; ~5-10 min)"
+  local work bin
+  work="$(mktemp -d)"
+  (
+    cd "$work"
+    go mod init example.local/prometheus-bin >/dev/null 2>&1
+    for bin in prometheus promtool; do
+      go get -tool "github.com/prometheus/prometheus/cmd/$bin@v$PROMETHEUS_VERSION" >&2
+    done
+    mkdir -p "$PROMETHEUS_DIR.tmp"
+    # Without the `builtinassets` tag the web UI is not embedded; the HTTP API the tests query
+    # is all there.
+    for bin in prometheus promtool; do
+      CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$PROMETHEUS_DIR.tmp/$bin" \
+        "github.com/prometheus/prometheus/cmd/$bin"
+    done
+  )
+  rm -rf "$work" "$PROMETHEUS_DIR"
+  mv "$PROMETHEUS_DIR.tmp" "$PROMETHEUS_DIR"
+}
+
 build_kube
 build_spire
 build_helm
+build_prometheus
 
 echo "kube-apiserver=$KUBE_DIR/kube-apiserver"
 echo "etcd=$KUBE_DIR/etcd"
 echo "spire-server=$SPIRE_DIR/spire-server"
 echo "spire-agent=$SPIRE_DIR/spire-agent"
 echo "helm=$HELM_DIR/helm"
+echo "prometheus=$PROMETHEUS_DIR/prometheus"
+echo "promtool=$PROMETHEUS_DIR/promtool"
