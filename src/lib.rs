@@ -25,6 +25,7 @@ pub mod leadership;
 pub mod metrics;
 pub mod model;
 pub mod process_metrics;
+pub mod progress;
 pub mod readiness;
 pub mod spire;
 pub mod telemetry;

@@ -20,6 +20,14 @@ pub fn describe() {
     describe_histogram!("registrar_apply_duration_seconds", "Duration of one batch of SPIRE writes.");
     describe_gauge!("registrar_shards", "Node shards running.");
     describe_gauge!(
+        "registrar_owned_entries",
+        "SPIRE entries this replica manages (0 on followers), by kind: node, cluster, pod."
+    );
+    describe_gauge!(
+        "registrar_last_converged_timestamp_seconds",
+        "Unix time a shard last finished a sync while every shard's last sync had succeeded."
+    );
+    describe_gauge!(
         "registrar_pool_queue_depth",
         "SPIRE requests waiting for an idle pool worker, by class (write, read)."
     );
@@ -80,6 +88,9 @@ pub fn preinitialise() {
         metrics::counter!("registrar_invalid_identity_total", "reason" => reason).increment(0);
     }
     metrics::counter!("registrar_sync_failures_total").increment(0);
+    for kind in crate::progress::Owned::KINDS {
+        metrics::gauge!("registrar_owned_entries", "kind" => kind).set(0.0);
+    }
 }
 
 /// Buckets of `registrar_registration_latency_seconds`: from sub-second (the timestamp has

@@ -171,6 +171,8 @@ pub struct ShardState {
     /// UIDs of pods whose registration latency was recorded (once per pod); pruned to the
     /// shard's pods on every sync.
     registered: HashSet<String>,
+    /// The entries this shard held after its last successful sync (for `progress`).
+    owned: crate::progress::Owned,
 }
 
 impl Actor for NodeShard {
@@ -196,7 +198,19 @@ impl Actor for NodeShard {
             last_write: None,
             stale_snapshot: false,
             registered: HashSet::new(),
+            owned: Default::default(),
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A stopped shard's node is gone (or the tree is shutting down); a restarted one
+        // reports again under the same scope.
+        crate::progress::forget(&state.args.node);
+        Ok(())
     }
 
     async fn handle(
@@ -412,6 +426,8 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     if !leadership.leading {
         // Followers keep nothing that could go stale: a promotion re-seeds every shard.
         state.actual = None;
+        state.owned = Default::default();
+        crate::progress::forget(&state.args.node);
         return;
     }
     let start = std::time::Instant::now();
@@ -510,6 +526,19 @@ fn hold_young_deletes(ops: &mut Vec<EntryOp>, suspects: &mut HashMap<String, std
 
 fn finish(state: &mut ShardState, start: std::time::Instant) {
     state.backoff = Duration::from_millis(500);
+    if let Some(actual) = &state.actual {
+        let server = state.args.naming.server_id();
+        let mut owned = crate::progress::Owned::default();
+        for e in actual {
+            match (e.spec.parent_id == server, state.args.mode) {
+                (true, ShardMode::PerNode) => owned.node += 1,
+                (true, ShardMode::Cluster) => owned.cluster += 1,
+                (false, _) => owned.pod += 1,
+            }
+        }
+        state.owned = owned;
+    }
+    crate::progress::report(&state.args.node, state.owned, true);
     metrics::histogram!("registrar_reconcile_duration_seconds").record(start.elapsed().as_secs_f64());
     let empty = state.actual.as_ref().is_some_and(Vec::is_empty);
     let _ = state.args.notify.send_message(ShardEvent::Synced { node: state.args.node.clone(), empty });
@@ -518,6 +547,8 @@ fn finish(state: &mut ShardState, start: std::time::Instant) {
 fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
     tracing::warn!(node = %state.args.node, error = why, retry_in = ?state.backoff, "Node sync failed; will retry.");
     metrics::counter!("registrar_sync_failures_total").increment(1);
+    // What it last held is still the best count; but it is not converged.
+    crate::progress::report(&state.args.node, state.owned, false);
     state.actual = None;
     if !state.retry_scheduled {
         state.retry_scheduled = true;

@@ -114,6 +114,13 @@ async fn metrics_health_and_graceful_shutdown() {
         metric_value(&m, "registrar_registration_latency_seconds_bucket", &[("le", "300")]) == Some(1.0),
         "the registration buckets reach minutes: {m}"
     );
+    // What this replica manages, and when it last was in sync everywhere (resyncs every 2 s).
+    assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "node")]), Some(1.0), "{m}");
+    assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "pod")]), Some(2.0), "p and late");
+    assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "cluster")]), Some(0.0));
+    let converged = metric_value(&m, "registrar_last_converged_timestamp_seconds", &[]).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - converged < 30.0 && converged <= now + 1.0, "converged at {converged}, now {now}");
     // Every sample line parses as `name{labels} value`.
     for line in m.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (_, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));

@@ -175,7 +175,7 @@ async fn prometheus_with_the_shipped_config_scrapes_the_registrar() {
         (no_leader["state"] == "inactive").then_some(rules)
     })
     .await;
-    assert_eq!(rules.len(), 7);
+    assert_eq!(rules.len(), 8);
     for r in &rules {
         assert_eq!(r["health"], "ok", "rule {} does not evaluate: {r}", r["name"]);
         assert!(r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")), "{r}");
