@@ -45,13 +45,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             stack.spire.socket.display()
         );
         let cfg = config::parse(&text)?;
-        let client = client.clone();
+        let kube_config = stack.kube.config().await;
         let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = app::run(&cfg, Some(client), shutdown).await {
+            if let Err(e) = app::run(&cfg, Some(kube_config), shutdown).await {
                 eprintln!("registrar for cluster {cluster} failed: {e}");
             }
         }));

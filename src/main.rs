@@ -75,20 +75,19 @@ async fn run(cfg: Config, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
     )?;
     // One TLS crypto provider for the whole process: ring (see Cargo.toml).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match kubeconfig {
+    let kube_config = match kubeconfig {
         Some(path) => {
-            Some(client_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
+            Some(config_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
         }
         None => None,
     };
-    app::run(&cfg, client, shutdown_signal()).await.context("registrar")
+    app::run(&cfg, kube_config, shutdown_signal()).await.context("registrar")
 }
 
-/// A Kubernetes client from the kubeconfig file at `path` (its current context).
-async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+/// The client configuration of the kubeconfig file at `path` (its current context).
+async fn config_from(path: &Path) -> anyhow::Result<kube::Config> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
 }
 
 async fn shutdown_signal() {

@@ -19,6 +19,11 @@ pub fn describe() {
     describe_histogram!("registrar_reconcile_duration_seconds", "Duration of one node shard sync.");
     describe_histogram!("registrar_apply_duration_seconds", "Duration of one batch of SPIRE writes.");
     describe_gauge!("registrar_shards", "Node shards running.");
+    describe_counter!("registrar_kube_requests_total", "Kubernetes API requests, by verb and outcome.");
+    describe_histogram!(
+        "registrar_kube_request_duration_seconds",
+        "Kubernetes API request latency to the response headers (a watch: its start), by verb and outcome."
+    );
     describe_gauge!(
         "registrar_owned_entries",
         "SPIRE entries this replica manages (0 on followers), by kind: node, cluster, pod."

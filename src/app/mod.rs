@@ -1,11 +1,12 @@
 //! Wiring of a running registrar, one path for every mode: builds the SPIRE client, the
-//! Kubernetes client (unless one is injected) and leader election from a validated [`Config`],
+//! Kubernetes client (`k8s::client`, with request metrics; from the given `kube::Config` or else
+//! `KUBECONFIG` / in-cluster) and leader election from a validated [`Config`],
 //! asks the mode for its children ([`reconcile`], [`webhook`], [`crd`]), adds the ones every mode
 //! has (the SPIRE pool first, the Leader, the HTTP endpoint last), starts them under one
 //! [`Root`], and runs until `shutdown` resolves (ordered shutdown: the children in reverse start
 //! order) or the tree gives up.
 //!
-//! The outside world is injected (`kube::Client`, shutdown future) so the binary, the demo and
+//! The outside world is injected (`kube::Config`, shutdown future) so the binary, the demo and
 //! tests share this one code path.
 
 mod crd;
@@ -47,7 +48,9 @@ pub enum Error {
     Spire(#[from] crate::spire::Error),
     #[error("unable to determine root ID: {0}")]
     Naming(#[from] crate::identity::IdentityError),
-    #[error("building the Kubernetes client (KUBECONFIG or in-cluster): {0}")]
+    #[error("building the Kubernetes client (-kubeconfig, KUBECONFIG or in-cluster): {0}")]
+    KubeClient(#[from] crate::k8s::client::Error),
+    #[error("Kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("leader election: {0}")]
     Election(String),
@@ -128,7 +131,7 @@ pub(crate) struct Shared {
 /// children in reverse start order, the Leader releasing its lock) or the tree fails.
 pub async fn run(
     cfg: &Config,
-    client: Option<kube::Client>,
+    kube_config: Option<kube::Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = metrics_handle()?;
@@ -139,7 +142,7 @@ pub async fn run(
         Mode::Reconcile(_) => {}
     }
     let spire = spire_client(&cfg.server).await?;
-    let client = kube_client(client).await?;
+    let client = crate::k8s::client::build(kube_config).await?;
     let lock_name = match &cfg.mode {
         Mode::Reconcile(rc) => format!("{}-leader-election", rc.controller_name),
         Mode::Crd(_) => "k8s-workload-registrar-crd-leader-election".into(),
@@ -352,14 +355,6 @@ async fn spire_client(server: &ServerAddress) -> Result<SpireClient, Error> {
         ServerAddress::Tcp { address, agent_socket_path } => {
             SpireClient::tcp_mtls(address, agent_socket_path, FIRST_SVID_TIMEOUT).await?
         }
-    })
-}
-
-/// The injected Kubernetes client, or one from `KUBECONFIG` / in-cluster configuration.
-async fn kube_client(client: Option<kube::Client>) -> Result<kube::Client, Error> {
-    Ok(match client {
-        Some(c) => c,
-        None => kube::Client::try_default().await?,
     })
 }
 

@@ -114,6 +114,20 @@ async fn metrics_health_and_graceful_shutdown() {
         metric_value(&m, "registrar_registration_latency_seconds_bucket", &[("le", "300")]) == Some(1.0),
         "the registration buckets reach minutes: {m}"
     );
+    // Its Kubernetes requests, by verb and outcome (the pod and node watchers list, then watch).
+    assert!(
+        metric_value(&m, "registrar_kube_requests_total", &[("verb", "list"), ("outcome", "ok")]).unwrap()
+            >= 2.0
+    );
+    assert!(
+        metric_value(&m, "registrar_kube_requests_total", &[("verb", "watch"), ("outcome", "ok")]).unwrap()
+            >= 2.0
+    );
+    assert!(
+        metric_value(&m, "registrar_kube_request_duration_seconds_count", &[("verb", "list")]).unwrap()
+            >= 2.0,
+        "{m}"
+    );
     // What this replica manages, and when it last was in sync everywhere (resyncs every 2 s).
     assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "node")]), Some(1.0), "{m}");
     assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "pod")]), Some(2.0), "p and late");

@@ -178,9 +178,13 @@ impl Kube {
     }
 
     pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).expect("kube client")
+    }
+
+    /// The admin's client configuration.
+    pub async fn config(&self) -> kube::Config {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
-        kube::Client::try_from(cfg).expect("kube client")
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig")
     }
 
     async fn wait_ready(&self) {
