@@ -107,6 +107,10 @@ async fn configmap_lock_releases_on_sigterm() {
 
     // Graceful shutdown releases the lock, so reg-b takes over well before the lease would expire.
     assert_eq!(a.proc.terminate(Duration::from_secs(20)).await, Some(0));
+    // A planned hand-over is news, not a problem: logged at info.
+    let log = a.proc.log_text();
+    let stopped: Vec<&str> = log.lines().filter(|l| l.contains("Stopped leading.")).collect();
+    assert!(!stopped.is_empty() && stopped.iter().all(|l| l.contains(" INFO ")), "{stopped:?}");
     eventually("reg-b to lead", Duration::from_secs(30), || async { is_leader(&b).await.then_some(()) })
         .await;
     let rec = record(cms.get("spire-k8s-registrar-leader-election").await.unwrap());
