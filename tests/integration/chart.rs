@@ -60,6 +60,20 @@ fn try_render(release: &str, ns: &str, sets: &[String]) -> Result<Vec<Value>, St
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
+/// What a registrar run outside the cluster needs of a render: its ServiceAccount, RBAC and (crd
+/// mode) CRD; nothing that would run or route anything.
+pub fn access(docs: &[Value]) -> Vec<Value> {
+    const KINDS: [&str; 6] = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "CustomResourceDefinition",
+    ];
+    docs.iter().filter(|d| d["kind"].as_str().is_some_and(|k| KINDS.contains(&k))).cloned().collect()
+}
+
 /// The registrar's config file from the rendered ConfigMap.
 pub fn rendered_config(docs: &[Value]) -> String {
     docs.iter()
@@ -307,17 +321,7 @@ pub async fn install_for_local_run(
     ]);
     all.extend(sets.iter().cloned());
     let docs = render(RELEASE, "spire", &all);
-    let wanted = [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "CustomResourceDefinition",
-    ];
-    let rbac: Vec<Value> =
-        docs.iter().filter(|d| wanted.contains(&d["kind"].as_str().unwrap())).cloned().collect();
-    apply(&k, &rbac).await;
+    apply(&k, &access(&docs)).await;
     let mut config = rendered_config(&docs)
         .replace("/tmp/spire-server/private/api.sock", &stack.spire.socket.display().to_string());
     for (from, to) in remap {

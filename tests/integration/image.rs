@@ -224,15 +224,7 @@ async fn image_with_the_charts_standalone_config_registers_pods() {
             format!("metrics.port={metrics_port}"),
         ],
     );
-    let rbac: Vec<serde_json::Value> = docs
-        .iter()
-        .filter(|d| {
-            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
-                .contains(&d["kind"].as_str().unwrap())
-        })
-        .cloned()
-        .collect();
-    chart::apply(&k, &rbac).await;
+    chart::apply(&k, &chart::access(&docs)).await;
     let config: PathBuf = stack.dir.path().join("image-registrar.conf");
     std::fs::write(&config, chart::rendered_config(&docs)).unwrap();
     let kubeconfig = kube.service_account_kubeconfig("spire", RELEASE, "localhost").await;
@@ -280,16 +272,7 @@ async fn image_with_the_charts_standalone_config_registers_pods() {
     };
     eventually("the image's entries in SPIRE", Duration::from_secs(90), || async {
         container.assert_running();
-        let mut got: Vec<Shown> = all_entries(&admin)
-            .await
-            .iter()
-            .map(|e| shown(&e.spec))
-            .filter(|s| {
-                s.spiffe_id.contains("/spire-k8s-registrar/") || s.parent_id.contains("/spire-k8s-registrar/")
-            })
-            .collect();
-        got.sort();
-        (got == expected).then_some(())
+        (reconcile_shown(&admin).await == expected).then_some(())
     })
     .await;
     let (code, body) = crate::registrar::http_request(metrics_port, "GET", "/readyz").await;

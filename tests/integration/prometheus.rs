@@ -52,17 +52,10 @@ fn shipped_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(!out.status.success(), "a broken rule passed its unit tests:\n{}", text(&out));
 }
 
-/// GET `path` on Prometheus's HTTP API; the parsed JSON body of a 200 answer. HTTP/1.0, so
-/// that the body comes whole (no chunked encoding) and ends with the connection.
+/// GET `path` on Prometheus's HTTP API; the parsed JSON body of a 200 answer.
 async fn api(port: u16, path: &str) -> Option<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| serde_json::from_str(body).ok()).flatten()
+    let (code, body) = crate::registrar::http_request(port, "GET", path).await;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
 
 fn encode(q: &str) -> String {

@@ -276,18 +276,6 @@ async fn registrar_binary_registers_pods_over_tcp() {
         &[("KUBECONFIG", kubeconfig.as_str())],
     );
     let admin = stack.spire.client();
-    let owned = || async {
-        let mut v: Vec<Shown> = all_entries(&admin)
-            .await
-            .iter()
-            .map(|e| shown(&e.spec))
-            .filter(|s| {
-                s.spiffe_id.contains("/spire-k8s-registrar/") || s.parent_id.contains("/spire-k8s-registrar/")
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let mut expected = vec![
         want(
             "spiffe://example.org/spire-k8s-registrar/c/node/n1",
@@ -303,7 +291,7 @@ async fn registrar_binary_registers_pods_over_tcp() {
     expected.sort();
     eventually("the registrar's entries over TCP", Duration::from_secs(90), || async {
         reg.assert_running();
-        (owned().await == expected).then_some(())
+        (reconcile_shown(&admin).await == expected).then_some(())
     })
     .await;
     assert!(reg.log_text().contains("credentials from the agent socket"), "{}", reg.log_tail());

@@ -197,6 +197,16 @@ pub async fn all_shown(spire: &SpireClient) -> Vec<Shown> {
     all_entries(spire).await.iter().map(|e| shown(&e.spec)).collect()
 }
 
+/// The entries reconcile mode writes with its default `controller_name` (ID or parent under
+/// `/spire-k8s-registrar/`), sorted; a test's own entries (an agent's alias, an admin entry) are
+/// left out.
+pub async fn reconcile_shown(spire: &SpireClient) -> Vec<Shown> {
+    let ours = |s: &Shown| {
+        s.spiffe_id.contains("/spire-k8s-registrar/") || s.parent_id.contains("/spire-k8s-registrar/")
+    };
+    all_shown(spire).await.into_iter().filter(ours).collect()
+}
+
 /// Waits until SPIRE holds exactly `expected` (as a multiset), and returns the entries.
 pub async fn converge(spire: &SpireClient, expected: Vec<Shown>) -> Vec<Entry> {
     converge_within(spire, expected, Duration::from_secs(60)).await
