@@ -4,7 +4,7 @@
 
 use std::{fs::OpenOptions, io::IsTerminal, path::Path, sync::Mutex};
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{EnvFilter, fmt, fmt::writer::BoxMakeWriter};
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -24,35 +24,28 @@ pub fn init(level: &str, json: bool, log_path: Option<&Path>) -> Result<(), Erro
     let color = log_path.is_none()
         && std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = fmt().with_env_filter(filter).with_target(false).with_ansi(color);
-    let result = match (log_path, json) {
-        (Some(path), json) => {
+    let writer = match log_path {
+        Some(path) => {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|source| Error::LogPath { path: path.display().to_string(), source })?;
-            let b = builder.with_writer(Mutex::new(file));
-            if json {
-                b.json()
-                    .with_target(true)
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .try_init()
-            } else {
-                b.try_init()
-            }
+            BoxMakeWriter::new(Mutex::new(file))
         }
-        (None, true) => builder
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = fmt().with_env_filter(filter).with_target(false).with_ansi(color).with_writer(writer);
+    let result = if json {
+        builder
             .json()
             .with_target(true)
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+            .try_init()
+    } else {
+        builder.try_init()
     };
     result.map_err(|_| Error::AlreadySet)
 }
