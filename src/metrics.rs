@@ -122,11 +122,15 @@ pub fn started_unix_ms() -> i64 {
 /// age is not a latency of this process) or have no timestamp. The API server's clock may be ahead of
 /// ours: that gives 0, not a negative latency.
 pub fn registration_latency(created_ms: Option<i64>, now_ms: i64, started_ms: i64) -> Option<f64> {
-    // creationTimestamp has whole seconds: a pod stamped with the second we started in may be
-    // older than us, so only later seconds count.
     let created = created_ms?;
-    let first_counted = started_ms - started_ms.rem_euclid(1000) + 1000;
-    (created >= first_counted).then(|| (now_ms - created).max(0) as f64 / 1000.0)
+    counts_for_latency(created, started_ms).then(|| (now_ms - created).max(0) as f64 / 1000.0)
+}
+
+/// Whether a pod created at `created_ms` surely came after a process started at `started_ms`.
+/// creationTimestamp has whole seconds: a pod stamped with the second we started in may be
+/// older than us, so only later seconds count.
+pub fn counts_for_latency(created_ms: i64, started_ms: i64) -> bool {
+    created_ms >= started_ms - started_ms.rem_euclid(1000) + 1000
 }
 
 #[cfg(test)]

@@ -171,6 +171,9 @@ pub struct ShardState {
     /// UIDs of pods whose registration latency was recorded (once per pod); pruned to the
     /// shard's pods on every sync.
     registered: HashSet<String>,
+    /// Pods created after this process started whose latency is not recorded yet, by namespace
+    /// and name: (uid, creation ms). Rebuilt from the pods each sync reads (`track_registrations`).
+    awaiting: HashMap<(String, String), (String, i64)>,
     /// The entries this shard held after its last successful sync (for `progress`).
     owned: crate::progress::Owned,
 }
@@ -198,6 +201,7 @@ impl Actor for NodeShard {
             last_write: None,
             stale_snapshot: false,
             registered: HashSet::new(),
+            awaiting: HashMap::new(),
             owned: Default::default(),
         })
     }
@@ -277,8 +281,7 @@ async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
     // Slices are looked up once per namespace per sync, not once per pod.
     let mut slices_by_ns: HashMap<String, Vec<EndpointSliceInfo>> = HashMap::new();
     let pods = a.cache.pods_on(&a.node);
-    let live: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
-    state.registered.retain(|uid| live.contains(uid.as_str()));
+    track_registrations(state, &pods);
     let a = &state.args;
     for pod in &pods {
         let slices: &[EndpointSliceInfo] = if a.naming.pod_dns_zone.is_some() {
@@ -323,30 +326,34 @@ fn pod_of(spec: &EntrySpec) -> Option<(&str, &str)> {
     Some((selector("ns:")?, selector("pod-name:")?))
 }
 
-/// `registrar_registration_latency_seconds` for each pod whose entry SPIRE just confirmed, once
-/// per pod, for pods created after this process started (`metrics::registration_latency`).
-fn observe_registrations(state: &mut ShardState, outcomes: &[OpOutcome]) {
-    let created: HashSet<(&str, &str)> = outcomes
+/// From the pods a sync read: forgets recorded pods that are gone, and notes the ones still
+/// waiting for their first entry (created after this process started, not recorded yet).
+fn track_registrations(state: &mut ShardState, pods: &[crate::identity::PodInfo]) {
+    let live: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+    state.registered.retain(|uid| live.contains(uid.as_str()));
+    let started = crate::metrics::started_unix_ms();
+    state.awaiting = pods
         .iter()
-        .filter_map(|o| match o {
-            OpOutcome::Created(e) => pod_of(&e.spec),
-            _ => None,
+        .filter(|p| !state.registered.contains(&p.uid))
+        .filter_map(|p| {
+            let created = p.created_unix_ms.filter(|&c| crate::metrics::counts_for_latency(c, started))?;
+            Some(((p.namespace.clone(), p.name.clone()), (p.uid.clone(), created)))
         })
         .collect();
-    if created.is_empty() {
-        return;
-    }
-    let pods = match state.args.mode {
-        ShardMode::PerNode => state.args.cache.pods_on(&state.args.node),
-        ShardMode::Cluster => state.args.cache.all_pods(),
-    };
+}
+
+/// `registrar_registration_latency_seconds` for each awaiting pod whose entry SPIRE just
+/// confirmed, once per pod (`metrics::registration_latency`).
+fn observe_registrations(state: &mut ShardState, outcomes: &[OpOutcome]) {
     let (now, started) = (crate::metrics::now_unix_ms(), crate::metrics::started_unix_ms());
-    for pod in pods {
-        if !created.contains(&(pod.namespace.as_str(), pod.name.as_str())) {
+    for o in outcomes {
+        let OpOutcome::Created(e) = o else { continue };
+        let Some((ns, name)) = pod_of(&e.spec) else { continue };
+        let Some((uid, created)) = state.awaiting.remove(&(ns.to_string(), name.to_string())) else {
             continue;
-        }
-        if let Some(seconds) = crate::metrics::registration_latency(pod.created_unix_ms, now, started)
-            && state.registered.insert(pod.uid.clone())
+        };
+        if let Some(seconds) = crate::metrics::registration_latency(Some(created), now, started)
+            && state.registered.insert(uid)
         {
             metrics::histogram!("registrar_registration_latency_seconds").record(seconds);
         }
@@ -383,8 +390,7 @@ async fn desired_cluster(state: &mut ShardState) -> Vec<EntrySpec> {
     }
     let mut problems = Vec::new();
     let pods = a.cache.all_pods();
-    let live: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
-    state.registered.retain(|uid| live.contains(uid.as_str()));
+    track_registrations(state, &pods);
     let a = &state.args;
     for pod in pods.into_iter().filter(|p| !p.terminal) {
         match a.naming.webhook_pod_entry(&pod) {
