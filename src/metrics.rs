@@ -80,6 +80,38 @@ pub const INVALID_IDENTITY_REASONS: [&str; 7] = [
     "entry_conflict",
 ];
 
+/// Creates `registrar_actor_restarts_total{actor}` at 0 for an actor kind a supervisor may
+/// restart (each supervisor, at start, for the kinds it supervises).
+pub fn restartable(actor: &'static str) {
+    metrics::counter!("registrar_actor_restarts_total", "actor" => actor).increment(0);
+}
+
+/// Operations and outcomes of `webhook_requests_total`: a request that is no AdmissionReview
+/// is (`invalid`, `bad_request`); a review is its operation × (`allowed`, `denied`, `error`).
+pub const WEBHOOK_OPERATIONS: [&str; 4] = ["create", "update", "delete", "connect"];
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["allowed", "denied", "error"];
+
+/// Creates the webhook server's counters at 0 (called when a webhook server starts).
+pub fn preinitialise_webhook() {
+    metrics::counter!("webhook_requests_total", "operation" => "invalid", "outcome" => "bad_request")
+        .increment(0);
+    for operation in WEBHOOK_OPERATIONS {
+        for outcome in WEBHOOK_OUTCOMES {
+            metrics::counter!("webhook_requests_total", "operation" => operation, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    for reason in ["error", "timeout"] {
+        metrics::counter!("webhook_tls_handshake_failures_total", "reason" => reason).increment(0);
+    }
+    for outcome in ["ok", "error"] {
+        metrics::counter!("webhook_certificate_reloads_total", "outcome" => outcome).increment(0);
+    }
+}
+
+/// Ops of `registrar_spiffeid_writes_total` (crd mode).
+pub const SPIFFEID_WRITE_OPS: [&str; 4] = ["apply", "delete", "status", "finalizer"];
+
 /// Creates the series of [`ENTRY_OPS`] × [`ENTRY_OUTCOMES`], [`INVALID_IDENTITY_REASONS`] and the
 /// unlabelled counters, at 0.
 pub fn preinitialise() {
@@ -89,6 +121,8 @@ pub fn preinitialise() {
             metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome).increment(0);
         }
     }
+    // A create SPIRE answered with ALREADY_EXISTS: nothing written.
+    metrics::counter!("registrar_entry_ops_total", "op" => "create", "outcome" => "exists").increment(0);
     for reason in INVALID_IDENTITY_REASONS {
         metrics::counter!("registrar_invalid_identity_total", "reason" => reason).increment(0);
     }
@@ -124,6 +158,18 @@ pub fn started_unix_ms() -> i64 {
 pub fn registration_latency(created_ms: Option<i64>, now_ms: i64, started_ms: i64) -> Option<f64> {
     let created = created_ms?;
     counts_for_latency(created, started_ms).then(|| (now_ms - created).max(0) as f64 / 1000.0)
+}
+
+/// Records in `registrar_registration_latency_seconds` that the entry of an object created at
+/// `created_ms` was confirmed by SPIRE just now, if it counts (see [`registration_latency`]).
+/// The callers make sure it is once per object: the shards by pod UID, admissions by answering
+/// each pod's CREATE once, the SpiffeID controller by its first entry write.
+pub fn observe_registration(created_ms: Option<i64>) -> bool {
+    let seconds = registration_latency(created_ms, now_unix_ms(), started_unix_ms());
+    if let Some(s) = seconds {
+        metrics::histogram!("registrar_registration_latency_seconds").record(s);
+    }
+    seconds.is_some()
 }
 
 /// Whether a pod created at `created_ms` surely came after a process started at `started_ms`.

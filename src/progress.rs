@@ -1,13 +1,15 @@
-//! Process-wide progress of the shards, for two gauges no single shard can set:
+//! Process-wide progress of the writers, for two gauges no single one can set:
 //! `registrar_owned_entries{kind}` (the entries this replica manages, by `node`, `cluster`,
-//! `pod`) and `registrar_last_converged_timestamp_seconds` (the last time a shard finished a sync
-//! while every shard's last sync had succeeded: with periodic resyncs it keeps advancing while
-//! everything is in order, and stops when some shard keeps failing).
+//! `pod`) and `registrar_last_converged_timestamp_seconds` (the last time a scope finished a
+//! pass while every scope's last pass had succeeded: with periodic resyncs it keeps advancing
+//! while everything is in order, and stops when some scope keeps failing).
 //!
-//! Owns: one [`Progress`] behind a mutex, keyed by shard scope (node name, or webhook mode's
-//! cluster shard). Receives: [`report`] from shards after each sync (and [`forget`] when a shard
-//! stops). Messages: nobody; it sets gauges. A restarted shard reports under the same scope, so
-//! nothing is counted twice. Followers report nothing owned: only the leader manages entries.
+//! Owns: one [`Progress`] behind a mutex, keyed by scope: a shard's (node name, or webhook
+//! mode's cluster shard) or, in crd mode, one per SpiffeID (`spiffeid:<uid>`, holding its one
+//! entry). Receives: [`report`] after each sync or reconcile, [`fail`] when one failed, and
+//! [`forget`] when a shard stops or a SpiffeID is gone or no longer ours to write. Messages:
+//! nobody; it sets gauges. A restarted shard reports under the same scope, so nothing is counted
+//! twice. Followers report nothing owned: only the leader manages entries.
 
 use std::{
     collections::BTreeMap,
@@ -33,47 +35,80 @@ impl Owned {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Scope {
     owned: Owned,
     converged: bool,
 }
 
-/// The pure core: what every shard last reported.
+/// The pure core: what every scope last reported, with running totals so that a report costs
+/// O(log scopes) — crd mode reports once per SpiffeID reconcile, with a scope per SpiffeID.
 #[derive(Debug, Default)]
 pub struct Progress {
     scopes: BTreeMap<String, Scope>,
+    totals: Owned,
+    /// Scopes whose last report was not converged.
+    failing: usize,
 }
 
 impl Progress {
-    /// Records `scope`'s latest sync; returns the totals over all scopes and whether every
-    /// scope's last sync succeeded.
+    /// Records `scope`'s latest report; returns the totals over all scopes and whether every
+    /// scope's last report was converged.
     pub fn report(&mut self, scope: &str, owned: Owned, converged: bool) -> (Owned, bool) {
-        let s = self.scopes.entry(scope.to_string()).or_default();
-        s.owned = owned;
-        s.converged = converged;
+        let new = Scope { owned, converged };
+        let old = match self.scopes.get_mut(scope) {
+            Some(s) => Some(std::mem::replace(s, new)),
+            None => {
+                self.scopes.insert(scope.to_string(), new);
+                None
+            }
+        };
+        if let Some(old) = old {
+            self.remove(old);
+        }
+        self.add(new);
         self.totals()
     }
 
-    /// Drops a stopped shard's scope; returns the new totals.
+    /// `scope` failed: what it last held is still the best count, but it is not converged.
+    pub fn fail(&mut self, scope: &str) -> (Owned, bool) {
+        let owned = self.scopes.get(scope).map(|s| s.owned).unwrap_or_default();
+        self.report(scope, owned, false)
+    }
+
+    /// Drops a stopped scope; returns the new totals.
     pub fn forget(&mut self, scope: &str) -> (Owned, bool) {
-        self.scopes.remove(scope);
+        if let Some(old) = self.scopes.remove(scope) {
+            self.remove(old);
+        }
         self.totals()
+    }
+
+    fn add(&mut self, s: Scope) {
+        self.totals.node += s.owned.node;
+        self.totals.cluster += s.owned.cluster;
+        self.totals.pod += s.owned.pod;
+        self.failing += usize::from(!s.converged);
+    }
+
+    fn remove(&mut self, s: Scope) {
+        self.totals.node -= s.owned.node;
+        self.totals.cluster -= s.owned.cluster;
+        self.totals.pod -= s.owned.pod;
+        self.failing -= usize::from(!s.converged);
     }
 
     fn totals(&self) -> (Owned, bool) {
-        let mut t = Owned::default();
-        for s in self.scopes.values() {
-            t.node += s.owned.node;
-            t.cluster += s.owned.cluster;
-            t.pod += s.owned.pod;
-        }
-        (t, self.scopes.values().all(|s| s.converged))
+        (self.totals, self.failing == 0)
     }
 }
 
 fn global() -> MutexGuard<'static, Progress> {
-    static PROGRESS: Mutex<Progress> = Mutex::new(Progress { scopes: BTreeMap::new() });
+    static PROGRESS: Mutex<Progress> = Mutex::new(Progress {
+        scopes: BTreeMap::new(),
+        totals: Owned { node: 0, cluster: 0, pod: 0 },
+        failing: 0,
+    });
     PROGRESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -92,6 +127,12 @@ fn publish((owned, all_converged): (Owned, bool), finished_ok: bool) {
 pub fn report(scope: &str, owned: Owned, converged: bool) {
     let totals = global().report(scope, owned, converged);
     publish(totals, converged);
+}
+
+/// A scope failed; it keeps its last count (see [`Progress::fail`]).
+pub fn fail(scope: &str) {
+    let totals = global().fail(scope);
+    publish(totals, false);
 }
 
 /// A shard stopped (its node is gone): its entries are no longer this replica's.
@@ -119,5 +160,12 @@ mod tests {
         assert_eq!((t.pod, all), (5, false));
         let (t, all) = p.forget("n2");
         assert_eq!((t, all), (one, true));
+        // A failure keeps the count; the next success clears it.
+        assert_eq!(p.fail("n1"), (one, false));
+        assert_eq!(p.report("n1", one, true), (one, true));
+        // Unknown scopes: forgetting is a no-op, failing counts as failing with nothing held.
+        assert_eq!(p.forget("n9"), (one, true));
+        assert_eq!(p.fail("n9"), (one, false));
+        assert_eq!(p.forget("n9"), (one, true));
     }
 }

@@ -328,8 +328,10 @@ impl Actor for Registrar {
             anti_entropy: false,
         };
         for kind in state.kinds() {
+            crate::metrics::restartable(ChildKind::Watcher(kind).label());
             spawn_watcher(&myself, &mut state, kind).await?;
         }
+        crate::metrics::restartable(ChildKind::Shard.label());
         myself.send_interval(state.args.resync_interval, || RegistrarMsg::ResyncTick);
         Ok(state)
     }

@@ -107,6 +107,7 @@ impl Actor for Root {
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = Vec::with_capacity(specs.len());
         for spec in specs {
+            crate::metrics::restartable(spec.name);
             let cell = (spec.start)(myself.get_cell()).await?;
             children.push((spec, Some(cell)));
         }

@@ -345,17 +345,14 @@ fn track_registrations(state: &mut ShardState, pods: &[crate::identity::PodInfo]
 /// `registrar_registration_latency_seconds` for each awaiting pod whose entry SPIRE just
 /// confirmed, once per pod (`metrics::registration_latency`).
 fn observe_registrations(state: &mut ShardState, outcomes: &[OpOutcome]) {
-    let (now, started) = (crate::metrics::now_unix_ms(), crate::metrics::started_unix_ms());
     for o in outcomes {
         let OpOutcome::Created(e) = o else { continue };
         let Some((ns, name)) = pod_of(&e.spec) else { continue };
         let Some((uid, created)) = state.awaiting.remove(&(ns.to_string(), name.to_string())) else {
             continue;
         };
-        if let Some(seconds) = crate::metrics::registration_latency(Some(created), now, started)
-            && state.registered.insert(uid)
-        {
-            metrics::histogram!("registrar_registration_latency_seconds").record(seconds);
+        if !state.registered.contains(&uid) && crate::metrics::observe_registration(Some(created)) {
+            state.registered.insert(uid);
         }
     }
 }
@@ -477,7 +474,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     for o in outcomes {
         match o {
             // ALREADY_EXISTS hands back an entry we may already hold; keep IDs unique.
-            OpOutcome::Created(e) => {
+            OpOutcome::Created(e) | OpOutcome::Existed(e) => {
                 next.retain(|x| x.id != e.id);
                 next.push(e);
             }
@@ -553,8 +550,7 @@ fn finish(state: &mut ShardState, start: std::time::Instant) {
 fn retry_later(myself: &ActorRef<ShardMsg>, state: &mut ShardState, why: &str) {
     tracing::warn!(node = %state.args.node, error = why, retry_in = ?state.backoff, "Node sync failed; will retry.");
     metrics::counter!("registrar_sync_failures_total").increment(1);
-    // What it last held is still the best count; but it is not converged.
-    crate::progress::report(&state.args.node, state.owned, false);
+    crate::progress::fail(&state.args.node);
     state.actual = None;
     if !state.retry_scheduled {
         state.retry_scheduled = true;

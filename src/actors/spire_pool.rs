@@ -61,6 +61,9 @@ pub enum ApplyError {
 #[derive(Debug, Clone)]
 pub enum OpOutcome {
     Created(Entry),
+    /// A create SPIRE answered with ALREADY_EXISTS and its "similar" entry: nothing was written
+    /// (for instance a pod entry an admission wrote before the cluster shard saw the pod).
+    Existed(Entry),
     Updated(Entry),
     Deleted(String),
     /// SPIRE refused this op (per item); the op is handed back so the caller can tell which.
@@ -68,6 +71,12 @@ pub enum OpOutcome {
         op: EntryOp,
         error: ItemError,
     },
+}
+
+impl OpOutcome {
+    fn created(c: crate::spire::client::CreateResult) -> Self {
+        if c.existed { OpOutcome::Existed(c.entry) } else { OpOutcome::Created(c.entry) }
+    }
 }
 
 pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
@@ -272,6 +281,7 @@ impl Actor for SpirePool {
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
         let mut workers = Vec::new();
+        crate::metrics::restartable("spire_worker");
         for _ in 0..args.workers.max(1) {
             workers.push(spawn_worker(&myself, &args.client, &args.leadership).await?);
         }
@@ -556,12 +566,12 @@ async fn apply_indexed(
         if let Some(refused) = refusal(leadership, fence) {
             return Err(refused);
         }
-        let results = client.create_entries(&creates).await.map_err(spire_err)?;
+        let results = client.create_entries_detailed(&creates).await.map_err(spire_err)?;
         for ((spec, r), &i) in creates.iter().zip(results).zip(&at_create) {
             out.push((
                 i,
                 match r {
-                    Ok(e) => OpOutcome::Created(e),
+                    Ok(c) => OpOutcome::created(c),
                     Err(error) => OpOutcome::Failed { op: EntryOp::Create(spec.clone()), error },
                 },
             ));
@@ -571,12 +581,12 @@ async fn apply_indexed(
         if let Some(refused) = refusal(leadership, fence) {
             return Err(refused);
         }
-        let results = client.create_entries_with_ids(&creates_with_ids).await.map_err(spire_err)?;
+        let results = client.create_entries_with_ids_detailed(&creates_with_ids).await.map_err(spire_err)?;
         for ((entry, r), &i) in creates_with_ids.iter().zip(results).zip(&at_create_id) {
             out.push((
                 i,
                 match r {
-                    Ok(e) => OpOutcome::Created(e),
+                    Ok(c) => OpOutcome::created(c),
                     Err(error) => {
                         let op = EntryOp::CreateWithId { id: entry.id.clone(), spec: entry.spec.clone() };
                         OpOutcome::Failed { op, error }
@@ -588,6 +598,7 @@ async fn apply_indexed(
     for (_, o) in &out {
         let (op, outcome) = match o {
             OpOutcome::Created(_) => ("create", "ok"),
+            OpOutcome::Existed(_) => ("create", "exists"),
             OpOutcome::Updated(_) => ("update", "ok"),
             OpOutcome::Deleted(_) => ("delete", "ok"),
             OpOutcome::Failed { op, .. } => (op.verb(), "failed"),

@@ -40,7 +40,7 @@ use serde_json::json;
 use super::{
     plan::{EntryPlan, entry_id, plan},
     policy::Policy,
-    resource::{FINALIZER, SpiffeID},
+    resource::{FINALIZER, POD_UID_LABEL, SpiffeID},
 };
 use crate::{
     actors::{
@@ -52,6 +52,7 @@ use crate::{
     k8s::events::{EventSink, Reason},
     leadership::{LeadershipRx, settled_epochs},
     model::Entry,
+    progress::Owned,
     readiness::Readiness,
     spire::{ItemError, ListFilter},
 };
@@ -138,7 +139,9 @@ impl Ctx {
             Err(ApplyError::Fenced(epoch)) => Err(Error::Fenced(epoch)),
             Err(ApplyError::Spire(e)) => Err(Error::Spire(e)),
             Ok(outcomes) => match outcomes.into_iter().next() {
-                Some(OpOutcome::Created(e) | OpOutcome::Updated(e)) => Ok(Ok(Some(e))),
+                Some(OpOutcome::Created(e) | OpOutcome::Existed(e) | OpOutcome::Updated(e)) => {
+                    Ok(Ok(Some(e)))
+                }
                 Some(OpOutcome::Deleted(_)) => Ok(Ok(None)),
                 Some(OpOutcome::Failed { error, .. }) => Ok(Err(error)),
                 None => Err(Error::Spire("no result".into())),
@@ -164,6 +167,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     readiness: Option<Readiness>,
 ) {
+    for op in crate::metrics::SPIFFEID_WRITE_OPS {
+        metrics::counter!("registrar_spiffeid_writes_total", "op" => op).increment(0);
+    }
     let api: Api<SpiffeID> = Api::all(ctx.client.clone());
     let mut controller = Controller::new(api, watcher::Config::default());
     if let Some(settle) = ctx.settle {
@@ -194,12 +200,17 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(
             reconcile,
-            |_, err, _| {
+            |obj, err, _| {
                 match err {
                     Error::Fenced(epoch) => {
+                        crate::progress::forget(&scope(&obj));
                         tracing::debug!(epoch, "Leadership changed mid-reconcile; writes refused.")
                     }
-                    err => tracing::warn!(error = %err, "SpiffeID reconcile failed; retrying."),
+                    err => {
+                        crate::progress::fail(&scope(&obj));
+                        tracing::warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %err,
+                            "SpiffeID reconcile failed; retrying.")
+                    }
                 }
                 Action::requeue(RETRY)
             },
@@ -214,6 +225,8 @@ async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // it, however long the reconcile takes (DESIGN invariant 3).
     let leadership = *ctx.leadership.borrow();
     if !leadership.leading {
+        // Followers manage no entries (`progress`).
+        crate::progress::forget(&scope(&obj));
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let epoch = leadership.epoch;
@@ -243,6 +256,7 @@ async fn cleanup(obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -> Result<Action, Er
         ctx.delete(&id, epoch).await?;
         tracing::info!(namespace = ?obj.namespace(), name = %obj.name_any(), entry_id = %id, "Finalized SpiffeID; entry deleted.");
     }
+    crate::progress::forget(&scope(&obj));
     Ok(Action::await_change())
 }
 
@@ -256,6 +270,8 @@ async fn refuse(
     metric: &'static str,
     msg: String,
 ) -> Result<(), Error> {
+    // Nothing left to write for it: converged, holding no entry (the Event and the metric tell).
+    crate::progress::report(&scope(obj), Default::default(), true);
     let status = obj.status.clone().unwrap_or_default();
     if status.error.as_deref() == Some(msg.as_str()) && status.entry_id.is_none() {
         return Ok(());
@@ -319,6 +335,14 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
     match written {
         None => {}
         Some((op, Ok(Some(entry)))) if entry.id == own_id => {
+            if op == "create"
+                && status.entry_id.is_none()
+                && let Some(pod_uid) = obj.labels().get(POD_UID_LABEL)
+            {
+                // A pod's first entry (a later re-create, of an entry deleted behind our back, is
+                // not a registration latency).
+                super::registrations::registered(pod_uid);
+            }
             tracing::info!(namespace = %ns, %name, entry_id = %own_id, spiffe_id = %desired.spiffe_id, op, "Entry written.");
         }
         Some((_, Ok(Some(entry)))) => {
@@ -340,10 +364,22 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
         Some((op, Ok(None))) => return Err(Error::Item { op, reason: "no entry in the answer".into() }),
     }
     ctx.rejected.lock().expect("not poisoned").remove(&own_id);
+    let held = if desired.parent_id == ctx.policy.trust_domain.server_id() {
+        Owned { node: 1, ..Owned::default() }
+    } else {
+        Owned { pod: 1, ..Owned::default() }
+    };
+    crate::progress::report(&scope(&obj), held, true);
     if status.entry_id.as_deref() != Some(own_id.as_str()) || status.error.is_some() {
         set_status(api, &name, Some(&own_id), None).await?;
     }
     Ok(Action::requeue(ctx.resync_interval))
+}
+
+/// This SpiffeID's `progress` scope: one entry at most, keyed by UID (a re-created SpiffeID of
+/// the same name is another object).
+fn scope(obj: &SpiffeID) -> String {
+    format!("spiffeid:{}", obj.uid().unwrap_or_default())
 }
 
 async fn set_status(

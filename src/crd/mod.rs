@@ -6,7 +6,9 @@
 //!   make), [`pods`] (Pod / Node → SpiffeID), [`template`] (the identity / DNS-name template
 //!   subset);
 //! * shell: [`controller`] (SpiffeID → entry, writes through the fenced SPIRE pool), [`sync`]
-//!   (Pod / Node / EndpointSlice → SpiffeID, with `pod_controller` and `add_svc_dns_name`); the
+//!   (Pod / Node / EndpointSlice → SpiffeID, with `pod_controller` and `add_svc_dns_name`),
+//!   [`registrations`] (pod creation times handed from `sync` to `controller`, for the
+//!   registration-latency histogram); the
 //!   wiring is `app::crd` (the controller, projector and webhook server as supervised `Task`s).
 //!
 //! * [`admission`] (pure): the SpiffeID validating webhook (`webhook_enabled`), served over HTTPS
@@ -18,6 +20,7 @@ pub mod convert;
 pub mod plan;
 pub mod pods;
 pub mod policy;
+pub mod registrations;
 pub mod resource;
 pub mod sync;
 pub mod template;

@@ -216,6 +216,8 @@ async fn sync_once(
         .collect();
     reported.retain(|(key, _)| live.contains(key));
     let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
+    // Pods whose SpiffeID has no entry yet, with their creation time (`registrations`).
+    let mut awaiting: Vec<((String, String), String, i64)> = Vec::new();
     // Node SpiffeIDs are named after their node in our namespace; a pod there with a node's name
     // gets its SpiffeID under `pod-<uid>` instead, so both exist (the original let one replace
     // the other). Node names win because every pod on the node depends on the node's alias.
@@ -236,6 +238,9 @@ async fn sync_once(
                 } else {
                     f.name.clone()
                 };
+                if let Some(created) = f.created_unix_ms {
+                    awaiting.push(((f.namespace.clone(), name.clone()), f.uid.clone(), created));
+                }
                 want.insert(
                     (f.namespace.clone(), name),
                     Want {
@@ -281,6 +286,12 @@ async fn sync_once(
         .into_iter()
         .filter_map(|s| Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), s)))
         .collect();
+    // Before any SpiffeID is written, so the controller finds them when it writes the entry.
+    super::registrations::awaiting(awaiting.into_iter().filter_map(|(key, uid, created)| {
+        let has_entry =
+            existing.get(&key).and_then(|s| s.status.as_ref()).is_some_and(|s| s.entry_id.is_some());
+        (!has_entry).then_some((uid, created))
+    }));
     for (key, s) in &existing {
         if our_owner(s).is_some() && !want.contains_key(key) && s.metadata.deletion_timestamp.is_none() {
             let api: Api<SpiffeID> = Api::namespaced(ctx.client.clone(), &key.0);

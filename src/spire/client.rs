@@ -54,6 +54,14 @@ const DELETE_BATCH: usize = 200;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRIES: u32 = 5;
 
+/// One successful create: the entry SPIRE holds, and whether it held it already
+/// (`ALREADY_EXISTS` with the "similar" entry attached: nothing was written).
+#[derive(Debug, Clone)]
+pub struct CreateResult {
+    pub entry: Entry,
+    pub existed: bool,
+}
+
 /// Which entries to list. Filters are ANDed by the server.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -296,6 +304,14 @@ impl SpireClient {
     /// Creates entries. For each input, `Ok(entry)` is the created entry, or the existing
     /// "similar" entry (same parent, SPIFFE ID and selectors) when SPIRE answers ALREADY_EXISTS.
     pub async fn create_entries(&self, specs: &[EntrySpec]) -> Result<Vec<Result<Entry, ItemError>>> {
+        Ok(self.create_entries_detailed(specs).await?.into_iter().map(|r| r.map(|c| c.entry)).collect())
+    }
+
+    /// [`SpireClient::create_entries`], telling created entries from existing ones.
+    pub async fn create_entries_detailed(
+        &self,
+        specs: &[EntrySpec],
+    ) -> Result<Vec<Result<CreateResult, ItemError>>> {
         let protos: Vec<_> = specs.iter().map(|s| spec_to_proto("", s)).collect();
         self.create(protos).await
     }
@@ -305,11 +321,20 @@ impl SpireClient {
     /// *their* entry compare IDs. An ID already taken by a different entry is an `ItemError`
     /// (ALREADY_EXISTS without an entry).
     pub async fn create_entries_with_ids(&self, entries: &[Entry]) -> Result<Vec<Result<Entry, ItemError>>> {
+        let detailed = self.create_entries_with_ids_detailed(entries).await?;
+        Ok(detailed.into_iter().map(|r| r.map(|c| c.entry)).collect())
+    }
+
+    /// [`SpireClient::create_entries_with_ids`], telling created entries from existing ones.
+    pub async fn create_entries_with_ids_detailed(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<CreateResult, ItemError>>> {
         let protos: Vec<_> = entries.iter().map(|e| spec_to_proto(&e.id, &e.spec)).collect();
         self.create(protos).await
     }
 
-    async fn create(&self, entries: Vec<types::Entry>) -> Result<Vec<Result<Entry, ItemError>>> {
+    async fn create(&self, entries: Vec<types::Entry>) -> Result<Vec<Result<CreateResult, ItemError>>> {
         let mut out = Vec::with_capacity(entries.len());
         for chunk in entries.chunks(CREATE_BATCH) {
             let req = api::BatchCreateEntryRequest { entries: chunk.to_vec(), output_mask: None };
@@ -321,7 +346,10 @@ impl SpireClient {
                 let status = r.status.unwrap_or_default();
                 let code = Code::from_i32(status.code);
                 out.push(match (code, r.entry) {
-                    (Code::Ok | Code::AlreadyExists, Some(e)) => Ok(entry_from_proto(&e)?),
+                    (Code::Ok | Code::AlreadyExists, Some(e)) => Ok(CreateResult {
+                        entry: entry_from_proto(&e)?,
+                        existed: code == Code::AlreadyExists,
+                    }),
                     _ => Err(ItemError { code, message: status.message }),
                 });
             }

@@ -105,8 +105,16 @@ impl Admission {
         match self.apply(vec![EntryOp::Create(spec.clone())]).await {
             Ok(mut results) => match results.pop() {
                 Some(OpOutcome::Created(entry)) => {
+                    // The API server stamps creationTimestamp before validating admission.
+                    crate::metrics::observe_registration(info.created_unix_ms);
                     tracing::info!(namespace = %info.namespace, pod = %info.name, spiffe_id = %entry.spec.spiffe_id,
                         entry_id = %entry.id, "Entry created.");
+                    Verdict::Allow
+                }
+                // A retried admission, or an entry another writer made first: the goal is reached.
+                Some(OpOutcome::Existed(entry)) => {
+                    tracing::debug!(namespace = %info.namespace, pod = %info.name, entry_id = %entry.id,
+                        "Entry already in SPIRE.");
                     Verdict::Allow
                 }
                 Some(OpOutcome::Failed { error: item, .. }) => {

@@ -124,6 +124,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let Built { config, resolver, provider, pem } = build(&files)?;
+    crate::metrics::preinitialise_webhook();
     // The reloader dies with this future even if it is dropped rather than shut down.
     let _reloader =
         AbortOnDrop(tokio::spawn(watch_keypair(files, resolver, provider, Ok(pem), options.reload_period)));

@@ -168,6 +168,10 @@ async fn metrics_health_and_graceful_shutdown() {
     );
     assert_eq!(metric_value(&m, "registrar_invalid_identity_total", &[("reason", "reserved_id")]), Some(0.0));
     assert_eq!(metric_value(&m, "registrar_watch_errors_total", &[("kind", "nodes")]), Some(0.0));
+    for actor in ["registrar", "spire_pool", "http", "spire_worker", "pods", "nodes", "shard"] {
+        let restarts = metric_value(&m, "registrar_actor_restarts_total", &[("actor", actor)]);
+        assert_eq!(restarts, Some(0.0), "{actor}: {m}");
+    }
     // The process metrics Prometheus users expect, with their types.
     assert!(metric_value(&m, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert!(metric_value(&m, "process_cpu_seconds_total", &[]).unwrap() > 0.0);

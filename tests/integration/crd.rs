@@ -256,12 +256,27 @@ async fn pods_and_nodes_get_spiffeids() {
     let twin = pod("default", "n1").on("n1").sa("twin").create(&k).await;
     let twin_uid = twin.metadata.uid.clone().unwrap();
 
-    let _reg = start_crd(&stack, "crd2", "").await;
+    let reg = start_crd(&stack, "crd2", "").await;
     let node_entry = crd_node_entry("c1", "n1", &node_uid);
     let mut web_entry = crd_pod_entry("c1", "n1", "shop", &web_uid, "/ns/shop/sa/web-sa", &["web"]);
     web_entry.federates_with = vec!["other.org".into()];
     let twin_entry = crd_pod_entry("c1", "n1", "default", &twin_uid, "/ns/default/sa/twin", &["n1"]);
     converge(&spire, vec![node_entry.clone(), web_entry.clone(), twin_entry]).await;
+    // What it manages, and that every SpiffeID's last reconcile succeeded just now.
+    let m = eventually("owned entries counted", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        let pods = metric_value(&m, "registrar_owned_entries", &[("kind", "pod")]);
+        (pods == Some(2.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(metric_value(&m, "registrar_owned_entries", &[("kind", "node")]), Some(1.0), "{m}");
+    let converged = metric_value(&m, "registrar_last_converged_timestamp_seconds", &[]).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - converged < 30.0 && converged <= now + 1.0, "converged at {converged}, now {now}");
+    // Pods that predate the registrar are no registration latency.
+    let latencies = metric_value(&m, "registrar_registration_latency_seconds_count", &[]).unwrap_or(0.0);
+    assert_eq!(latencies, 0.0, "{m}");
+    assert_eq!(metric_value(&m, "registrar_spiffeid_writes_total", &[("op", "delete")]), Some(0.0), "{m}");
     let twin_sid =
         Api::<SpiffeID>::namespaced(k.clone(), "default").get(&format!("pod-{twin_uid}")).await.unwrap();
     assert_eq!(twin_sid.metadata.labels.unwrap_or_default().get("podUid"), Some(&twin_uid));
@@ -293,10 +308,22 @@ async fn pods_and_nodes_get_spiffeids() {
     web_entry.federates_with = vec![];
     converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
     // A terminal pod loses its SpiffeID and entry.
+    // A pod created now counts for the latency: creationTimestamp has whole seconds, and only
+    // seconds after the registrar's start count (a sleep for the clock's resolution).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let job = pod("shop", "job").on("n1").sa("job").create(&k).await;
     let job_entry =
         crd_pod_entry("c1", "n1", "shop", &job.metadata.uid.unwrap(), "/ns/shop/sa/job", &["job"]);
     converge(&spire, vec![node_entry.clone(), web_entry.clone(), job_entry]).await;
+    // Its latency, pod creation → entry, once (the pod → SpiffeID → entry pipeline).
+    eventually("the job pod's registration latency", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        metric_value(&m, "registrar_registration_latency_seconds_count", &[]).filter(|c| *c >= 1.0)
+    })
+    .await;
+    let m = reg.metrics().await;
+    assert_eq!(metric_value(&m, "registrar_registration_latency_seconds_count", &[]), Some(1.0), "{m}");
+    assert!(metric_value(&m, "registrar_registration_latency_seconds_sum", &[]).unwrap() < 30.0);
     patch_pod_status(&k, "shop", "job", json!({"phase": "Succeeded"})).await;
     converge(&spire, vec![node_entry.clone(), web_entry.clone()]).await;
 

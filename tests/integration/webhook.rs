@@ -179,6 +179,15 @@ async fn admission_creates_and_deletes_entries() {
     register_webhook(&stack, &pki, port, "Fail").await;
     create_namespace(&k, "apps").await;
     converge(&spire, vec![cluster_entry()]).await;
+    let m = reg.metrics().await;
+    for (operation, outcome) in [("update", "denied"), ("invalid", "bad_request"), ("create", "error")] {
+        let v = metric_value(&m, "webhook_requests_total", &[("operation", operation), ("outcome", outcome)]);
+        assert_eq!(v, Some(0.0), "{operation}/{outcome} exists at 0 before any request: {m}");
+    }
+    assert_eq!(metric_value(&m, "webhook_tls_handshake_failures_total", &[("reason", "timeout")]), Some(0.0));
+    // Only pods created in a later second than the registrar's start count for the latency
+    // (creationTimestamp has whole seconds): a sleep for the clock's resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // The API server reaches the webhook (with its client certificate) on every pod create.
     pod("apps", "web").label("spiffe.io/id", "web").create(&k).await;
@@ -190,6 +199,20 @@ async fn admission_creates_and_deletes_entries() {
         v.sort();
         v
     });
+    // The admission recorded web's registration latency; once the cluster shard has seen the
+    // pod too (its create answered "already exists"), it is still recorded once.
+    eventually("the cluster shard's pass over web", Duration::from_secs(30), || async {
+        let m = reg.metrics().await;
+        metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "exists")])
+            .filter(|v| *v >= 1.0)
+    })
+    .await;
+    let m = reg.metrics().await;
+    assert_eq!(metric_value(&m, "registrar_registration_latency_seconds_count", &[]), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(&m, "registrar_entry_ops_total", &[("op", "create"), ("outcome", "ok")]),
+        Some(2.0)
+    );
 
     // A dry-run create changes nothing.
     let p: Pod =
