@@ -5,13 +5,14 @@
 //!
 //! * core, pure and synchronous: [`id`] (SPIFFE IDs, trust domains, DNS names), [`model`]
 //!   (entries), [`config`] (HCL → typed `Config`), [`identity`] (objects → desired entries),
-//!   [`diff`] (desired vs actual → ops);
+//!   [`diff`] (desired vs actual → ops), [`audit`] (what a write was and why: one log line each);
 //! * shell: [`spire`] (gRPC client of SPIRE's Entry API), [`k8s`] (watchers, leader election,
 //!   events), [`actors`] (the supervised ractor system), [`http`] (`/metrics`, `/healthz`,
 //!   `/readyz`), [`telemetry`] (logging).
 
 pub mod actors;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crd;

@@ -357,6 +357,46 @@ fn observe_registrations(state: &mut ShardState, outcomes: &[OpOutcome]) {
     }
 }
 
+/// One audit line per write SPIRE confirmed (`audit`); `before` is what the shard held when
+/// it computed the ops (the old fields of updates and deletes).
+fn audit_writes(state: &ShardState, before: &[Entry], outcomes: &[OpOutcome]) {
+    use crate::audit::{self, Op, Reason};
+    let old: HashMap<&str, &EntrySpec> =
+        match outcomes.iter().any(|o| matches!(o, OpOutcome::Updated(_) | OpOutcome::Deleted(_))) {
+            true => before.iter().map(|e| (e.id.as_str(), &e.spec)).collect(),
+            false => HashMap::new(),
+        };
+    let node_gone =
+        state.args.mode == ShardMode::PerNode && state.args.cache.node(&state.args.node).is_none();
+    for o in outcomes {
+        match o {
+            OpOutcome::Created(e) => {
+                audit::written(Op::Create, &e.id, &e.spec, &audit::object_of(&e.spec), Reason::New, &[])
+            }
+            OpOutcome::Updated(e) => {
+                let changed =
+                    old.get(e.id.as_str()).map(|o| audit::changed_fields(o, &e.spec)).unwrap_or_default();
+                audit::written(
+                    Op::Update,
+                    &e.id,
+                    &e.spec,
+                    &audit::object_of(&e.spec),
+                    Reason::Changed,
+                    &changed,
+                )
+            }
+            OpOutcome::Deleted(id) => {
+                let Some(spec) = old.get(id.as_str()) else { continue };
+                let object = audit::object_of(spec);
+                let reason =
+                    audit::why_deleted(&object, node_gone, |ns, name| state.args.cache.pod(ns, name));
+                audit::written(Op::Delete, id, spec, &object, reason, &[])
+            }
+            OpOutcome::Existed(_) | OpOutcome::Failed { .. } => {}
+        }
+    }
+}
+
 /// One log line, metric increment and Event (on the pod the entry is for) for an entry SPIRE
 /// refused for good; the caller stops sending it.
 async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError) {
@@ -468,6 +508,7 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
         Err(e) => return retry_later(myself, state, &e.to_string()),
     };
     observe_registrations(state, &outcomes);
+    audit_writes(state, &actual, &outcomes);
     let mut next = actual;
     let mut failed = false;
     let mut refused = Vec::new();

@@ -48,6 +48,7 @@ use crate::{
         spire_pool::{ApplyError, Fence, OpOutcome, PoolMsg},
         task::AbortOnDrop,
     },
+    audit,
     diff::EntryOp,
     k8s::events::{EventSink, Reason},
     leadership::{LeadershipRx, settled_epochs},
@@ -149,11 +150,19 @@ impl Ctx {
         }
     }
 
-    async fn delete(&self, id: &str, epoch: u64) -> Result<(), Error> {
-        self.write(EntryOp::Delete { id: id.to_string() }, epoch)
+    /// Deletes `entry` (the SpiffeID `obj`'s own) and audits it with `reason`.
+    async fn delete(
+        &self,
+        entry: &Entry,
+        obj: &SpiffeID,
+        reason: audit::Reason,
+        epoch: u64,
+    ) -> Result<(), Error> {
+        self.write(EntryOp::Delete { id: entry.id.clone() }, epoch)
             .await?
-            .map(|_| ())
-            .map_err(|e| Error::Item { op: "delete", reason: e.to_string() })
+            .map_err(|e| Error::Item { op: "delete", reason: e.to_string() })?;
+        audit::written(audit::Op::Delete, &entry.id, &entry.spec, &object(obj), reason, &[]);
+        Ok(())
     }
 }
 
@@ -252,9 +261,10 @@ async fn reconcile(obj: Arc<SpiffeID>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
 async fn cleanup(obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -> Result<Action, Error> {
     // Only the entry this object provably owns; `status.entryId` is never believed (see `plan`).
-    if let Some(id) = entry_id(&obj.uid().unwrap_or_default()) {
-        ctx.delete(&id, epoch).await?;
-        tracing::info!(namespace = ?obj.namespace(), name = %obj.name_any(), entry_id = %id, "Finalized SpiffeID; entry deleted.");
+    if let Some(id) = entry_id(&obj.uid().unwrap_or_default())
+        && let Some(entry) = ctx.get(&id).await?
+    {
+        ctx.delete(&entry, &obj, audit::Reason::SpiffeIdDeleted, epoch).await?;
     }
     crate::progress::forget(&scope(&obj));
     Ok(Action::await_change())
@@ -297,8 +307,8 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
         Ok(d) => d,
         Err(e) => {
             // Our own entry (if any) no longer stands for a valid spec.
-            if ctx.get(&own_id).await?.is_some() {
-                ctx.delete(&own_id, epoch).await?;
+            if let Some(entry) = ctx.get(&own_id).await? {
+                ctx.delete(&entry, &obj, audit::Reason::InvalidSpec, epoch).await?;
             }
             let reason = if e.is_reserved() { Reason::ReservedIdentity } else { Reason::InvalidIdentity };
             refuse(api, &obj, ctx, reason, e.metric_label(), e.to_string()).await?;
@@ -316,8 +326,8 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
     let written = match plan(&own_id, &desired, own.as_ref(), &same_id) {
         EntryPlan::Keep => None,
         EntryPlan::Conflict { other, delete_own } => {
-            if delete_own {
-                ctx.delete(&own_id, epoch).await?;
+            if delete_own && let Some(entry) = &own {
+                ctx.delete(entry, &obj, audit::Reason::Conflict, epoch).await?;
             }
             let msg = format!(
                 "an entry with the same spiffeId, parentId and selectors already exists (id {other}) and is not owned by this SpiffeID"
@@ -343,7 +353,13 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
                 // not a registration latency).
                 super::registrations::registered(pod_uid);
             }
-            tracing::info!(namespace = %ns, %name, entry_id = %own_id, spiffe_id = %desired.spiffe_id, op, "Entry written.");
+            let (op, reason, changed) = match (op, &own) {
+                ("update", Some(old)) => {
+                    (audit::Op::Update, audit::Reason::Changed, audit::changed_fields(&old.spec, &entry.spec))
+                }
+                _ => (audit::Op::Create, audit::Reason::New, Vec::new()),
+            };
+            audit::written(op, &entry.id, &entry.spec, &object(&obj), reason, &changed);
         }
         Some((_, Ok(Some(entry)))) => {
             // ALREADY_EXISTS with someone else's similar entry (created since our read).
@@ -374,6 +390,11 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
         set_status(api, &name, Some(&own_id), None).await?;
     }
     Ok(Action::requeue(ctx.resync_interval))
+}
+
+/// The object of this SpiffeID's audit lines.
+fn object(obj: &SpiffeID) -> audit::Object {
+    audit::Object::SpiffeId { namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() }
 }
 
 /// This SpiffeID's `progress` scope: one entry at most, keyed by UID (a re-created SpiffeID of

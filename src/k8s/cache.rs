@@ -111,6 +111,11 @@ impl ClusterCache {
         self.read().pods.values().cloned().collect()
     }
 
+    /// The pod `namespace`/`name`, if the cache has it.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.read().pods.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
     pub fn pods_on(&self, node: &str) -> Vec<PodInfo> {
         let inner = self.read();
         inner

@@ -25,6 +25,7 @@ use crate::{
         PoolHandle,
         spire_pool::{ApplyReply, Fence, OpOutcome, PoolMsg},
     },
+    audit::{self, Object, Op, Reason},
     diff::EntryOp,
     identity::{Naming, pod_selectors},
     k8s::convert,
@@ -107,8 +108,8 @@ impl Admission {
                 Some(OpOutcome::Created(entry)) => {
                     // The API server stamps creationTimestamp before validating admission.
                     crate::metrics::observe_registration(info.created_unix_ms);
-                    tracing::info!(namespace = %info.namespace, pod = %info.name, spiffe_id = %entry.spec.spiffe_id,
-                        entry_id = %entry.id, "Entry created.");
+                    let object = Object::Pod { namespace: info.namespace.clone(), name: info.name.clone() };
+                    audit::written(Op::Create, &entry.id, &entry.spec, &object, Reason::Admitted, &[]);
                     Verdict::Allow
                 }
                 // A retried admission, or an entry another writer made first: the goal is reached.
@@ -185,23 +186,25 @@ impl Admission {
             Err(e) => return Verdict::Error(format!("SPIRE unavailable: {e}")),
         };
         // Only our own entries: a hand-made entry with the same selectors is not ours to remove.
-        let ids: Vec<String> =
-            entries.into_iter().filter(|e| self.naming.webhook_owns(&e.spec)).map(|e| e.id).collect();
-        if ids.is_empty() {
+        let owned: Vec<Entry> = entries.into_iter().filter(|e| self.naming.webhook_owns(&e.spec)).collect();
+        if owned.is_empty() {
             return Verdict::Allow;
         }
-        let count = ids.len();
-        match self.apply(ids.into_iter().map(|id| EntryOp::Delete { id }).collect()).await {
+        let ops = owned.iter().map(|e| EntryOp::Delete { id: e.id.clone() }).collect();
+        match self.apply(ops).await {
             Ok(results) => {
-                let failed: Vec<String> = results
-                    .iter()
-                    .filter_map(|r| match r {
-                        OpOutcome::Failed { error, .. } => Some(error.to_string()),
-                        _ => None,
-                    })
-                    .collect();
+                let object = Object::Pod { namespace: req.namespace.clone(), name: req.name.clone() };
+                let mut failed = Vec::new();
+                for (entry, result) in owned.iter().zip(&results) {
+                    match result {
+                        OpOutcome::Deleted(id) => {
+                            audit::written(Op::Delete, id, &entry.spec, &object, Reason::PodDeleted, &[])
+                        }
+                        OpOutcome::Failed { error, .. } => failed.push(error.to_string()),
+                        _ => {}
+                    }
+                }
                 if failed.is_empty() {
-                    tracing::info!(namespace = %req.namespace, pod = %req.name, entries = count, "Entries deleted.");
                     Verdict::Allow
                 } else {
                     Verdict::Error(format!("deleting entries failed: {}", failed.join("; ")))

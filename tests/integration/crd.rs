@@ -256,7 +256,7 @@ async fn pods_and_nodes_get_spiffeids() {
     let twin = pod("default", "n1").on("n1").sa("twin").create(&k).await;
     let twin_uid = twin.metadata.uid.clone().unwrap();
 
-    let reg = start_crd(&stack, "crd2", "").await;
+    let reg = start_crd(&stack, "crd2", "log_format = \"json\"\n").await;
     let node_entry = crd_node_entry("c1", "n1", &node_uid);
     let mut web_entry = crd_pod_entry("c1", "n1", "shop", &web_uid, "/ns/shop/sa/web-sa", &["web"]);
     web_entry.federates_with = vec!["other.org".into()];
@@ -285,6 +285,7 @@ async fn pods_and_nodes_get_spiffeids() {
 
     let shop: Api<SpiffeID> = Api::namespaced(k.clone(), "shop");
     let sid = shop.get("web").await.unwrap();
+    let web_sid_uid = sid.metadata.uid.clone().unwrap();
     assert_eq!(sid.metadata.labels.unwrap_or_default().get("podUid"), Some(&web_uid));
     let owner = &sid.metadata.owner_references.unwrap()[0];
     assert_eq!(
@@ -346,6 +347,18 @@ async fn pods_and_nodes_get_spiffeids() {
         matches!(shop.get("web").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
     })
     .await;
+    // The controller's writes have their audit lines, named by SpiffeID.
+    let audit = audit_lines(&reg.proc.log_text());
+    let find = |op: &str, reason: &str| {
+        audit
+            .iter()
+            .find(|l| l["op"] == op && l["object"] == "spiffeid shop/web" && l["reason"] == reason)
+            .unwrap_or_else(|| panic!("no audit line {op} {reason} in {audit:#?}"))
+    };
+    assert_eq!(find("create", "new")["spiffe_id"], "spiffe://example.org/ns/shop/sa/web-sa");
+    assert_eq!(find("update", "changed")["changed"], "federates_with");
+    let deleted = find("delete", "spiffeid_deleted");
+    assert_eq!(deleted["entry_id"], format!("spiffeid-{web_sid_uid}"), "{deleted}");
     delete_node(&k, "n1").await;
     converge(&spire, vec![]).await;
     eventually("node SpiffeID gone", Duration::from_secs(30), || async {

@@ -35,7 +35,7 @@ async fn entries_follow_pods_and_nodes() {
     // federation needs a bundle for other.org in SPIRE
     set_bundle(&stack.spire, stack.dir.path(), "other.org");
 
-    let reg = Registrar::start(&stack, "reg", "c1", "").await;
+    let reg = Registrar::start(&stack, "reg", "c1", "log_format = \"json\"\n").await;
     reg.wait_ready().await;
     let hand_made =
         want("spiffe://example.org/hand/made", "spiffe://example.org/spire/agent/x", &["unix:uid:0"]);
@@ -77,9 +77,57 @@ async fn entries_follow_pods_and_nodes() {
     )
     .await;
     delete_pod(&k, "shop", "pending").await;
+    // A changed annotation updates the entry in place.
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(k.clone(), "shop")
+        .patch(
+            "api",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"spiffe.io/federatesWith": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    api.federates_with = vec![];
+    converge(&spire, vec![node_entry("c1", "n1"), node_entry("c1", "n2"), api.clone(), hand_made.clone()])
+        .await;
     // Deleting a node removes its alias entry and the entries of its pods.
     delete_node(&k, "n2").await;
     converge(&spire, vec![node_entry("c1", "n1"), hand_made.clone()]).await;
+
+    // Every write has its audit line: what, which entry, for which object, and why.
+    let audit = audit_lines(&reg.proc.log_text());
+    let find = |op: &str, object: &str, reason: &str| {
+        audit
+            .iter()
+            .find(|l| l["op"] == op && l["object"] == object && l["reason"] == reason)
+            .unwrap_or_else(|| panic!("no audit line {op} {object} {reason} in {audit:#?}"))
+    };
+    let created = find("create", "pod shop/web", "new");
+    assert_eq!(created["message"], "Entry created.");
+    assert_eq!(created["spiffe_id"], "spiffe://example.org/ns/shop/sa/web-sa");
+    assert_eq!(created["parent_id"], "spiffe://example.org/spire-k8s-registrar/c1/node/n1");
+    assert!(created["entry_id"].as_str().is_some_and(|id| !id.is_empty()), "{created}");
+    find("create", "node n1", "new");
+    let updated = find("update", "pod shop/api", "changed");
+    assert_eq!(
+        (&updated["message"], &updated["changed"]),
+        (&"Entry updated.".into(), &"federates_with".into())
+    );
+    assert_eq!(find("delete", "pod shop/web", "pod_finished")["message"], "Entry deleted.");
+    find("delete", "pod shop/pending", "pod_gone");
+    find("delete", "node n2", "node_gone");
+    find("delete", "pod shop/api", "node_gone");
+    // One line per write: as many as the entry ops SPIRE confirmed.
+    let metrics = reg.metrics().await;
+    let ok_ops: f64 = ["create", "update", "delete"]
+        .iter()
+        .map(|op| {
+            metric_value(&metrics, "registrar_entry_ops_total", &[("op", op), ("outcome", "ok")]).unwrap()
+        })
+        .sum();
+    assert_eq!(audit.len() as f64, ok_ops, "{audit:#?}");
+    assert!(audit.iter().all(|l| l["level"] == "INFO"), "{audit:#?}");
 
     let metrics = reg.metrics().await;
     assert!(

@@ -275,3 +275,11 @@ pub fn crd_pod_entry(
     e.dns_names = dns_names.iter().map(|d| d.to_string()).collect();
     e
 }
+
+/// The audit lines (`k8s_workload_registrar::audit`, one per SPIRE write) of a JSON log.
+pub fn audit_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "k8s_workload_registrar::audit")
+        .collect()
+}

@@ -175,7 +175,9 @@ async fn admission_creates_and_deletes_entries() {
     let k = stack.kube.client().await;
     let spire = stack.spire.client();
     let port = free_port();
-    let reg = start_registrar(&stack, &pki, "wh", port, "pod_label = \"spiffe.io/id\"").await;
+    let reg =
+        start_registrar(&stack, &pki, "wh", port, "pod_label = \"spiffe.io/id\"\nlog_format = \"json\"")
+            .await;
     register_webhook(&stack, &pki, port, "Fail").await;
     create_namespace(&k, "apps").await;
     converge(&spire, vec![cluster_entry()]).await;
@@ -258,6 +260,22 @@ async fn admission_creates_and_deletes_entries() {
     // delete returned (no cluster-shard pass can have stood in for it).
     delete_pod(&k, "apps", "web").await;
     assert_eq!(all_shown(&spire).await, vec![cluster_entry()]);
+    // Both admissions' writes, and the cluster shard's, have their audit lines.
+    let audit = audit_lines(&reg.proc.log_text());
+    let has = |op: &str, object: &str, reason: &str| {
+        audit.iter().any(|l| {
+            l["op"] == op
+                && l["object"] == object
+                && l["reason"] == reason
+                && l["spiffe_id"].as_str().is_some()
+                && l["parent_id"].as_str().is_some()
+                && l["entry_id"].as_str().is_some()
+        })
+    };
+    assert!(has("create", "pod apps/web", "admitted"), "{audit:#?}");
+    assert!(has("delete", "pod apps/web", "pod_deleted"), "{audit:#?}");
+    assert!(has("create", "cluster wc", "new"), "{audit:#?}");
+    assert_eq!(audit.len(), 3, "the shard's create that SPIRE answered 'exists' wrote nothing: {audit:#?}");
 
     // A client without a certificate is refused.
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
