@@ -19,11 +19,26 @@ pub enum Command {
     Run(Args),
     /// Load and validate the configuration, print the effective configuration, exit.
     Validate(Args),
+    /// Read the cluster and SPIRE and print what a converged registrar would change; write
+    /// nothing.
+    Plan(Args, Output),
     Help,
     Version,
 }
 
-/// The flags of `run` and `validate`.
+/// How `plan` prints (`-output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `plan`'s exit status when changes are pending (0: none; 1: an error; 2: a usage error, as
+/// Go's flag package does).
+pub const PLAN_CHANGES_PENDING: u8 = 3;
+
+/// The flags of `run`, `validate` and `plan`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub config: PathBuf,
@@ -49,8 +64,12 @@ pub enum CliError {
     MissingValue(String),
     #[error("flag {0:?} takes true or false")]
     BadBool(String),
-    #[error("unexpected argument {0:?}; commands are \"run\" and \"validate\" (see --help)")]
+    #[error("unexpected argument {0:?}; commands are \"run\", \"validate\" and \"plan\" (see --help)")]
     UnexpectedArgument(String),
+    #[error("flag -output takes text or json, not {0:?}")]
+    BadOutput(String),
+    #[error("flag -output is only for the plan command")]
+    OutputWithoutPlan,
     #[error("flag -{0} is given more than once")]
     Repeated(&'static str),
 }
@@ -61,11 +80,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
     enum Sub {
         Run,
         Validate,
+        Plan,
     }
     let mut sub: Option<Sub> = None;
     let mut config: Option<PathBuf> = None;
     let mut kubeconfig: Option<PathBuf> = None;
     let mut expand_env: Option<bool> = None;
+    let mut output: Option<Output> = None;
     let mut args = args.into_iter();
 
     while let Some(arg) = args.next() {
@@ -73,6 +94,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             sub = match (arg.as_str(), &sub) {
                 ("run", None) => Some(Sub::Run),
                 ("validate", None) => Some(Sub::Validate),
+                ("plan", None) => Some(Sub::Plan),
                 _ => return Err(CliError::UnexpectedArgument(arg)),
             };
             continue;
@@ -120,6 +142,20 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
                     return Err(CliError::Repeated("expandEnv"));
                 }
             }
+            ("output", value) => {
+                let value = match value {
+                    Some(v) => v,
+                    None => args.next().ok_or_else(|| CliError::MissingValue(arg.clone()))?,
+                };
+                let parsed = match value.as_str() {
+                    "text" => Output::Text,
+                    "json" => Output::Json,
+                    _ => return Err(CliError::BadOutput(value)),
+                };
+                if output.replace(parsed).is_some() {
+                    return Err(CliError::Repeated("output"));
+                }
+            }
             _ => return Err(CliError::UnknownFlag(arg)),
         }
     }
@@ -129,9 +165,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         expand_env: expand_env.unwrap_or(false),
         ..Args::new(config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)))
     };
-    match sub {
-        None | Some(Sub::Run) => Ok(Command::Run(args)),
-        Some(Sub::Validate) => Ok(Command::Validate(args)),
+    match (sub, output) {
+        (Some(Sub::Plan), output) => Ok(Command::Plan(args, output.unwrap_or_default())),
+        (_, Some(_)) => Err(CliError::OutputWithoutPlan),
+        (None | Some(Sub::Run), None) => Ok(Command::Run(args)),
+        (Some(Sub::Validate), None) => Ok(Command::Validate(args)),
     }
 }
 
@@ -143,6 +181,11 @@ Kubernetes cluster's workloads should have.
 USAGE:
     k8s-workload-registrar [run] [-config FILE]     run the registrar (default command)
     k8s-workload-registrar validate [-config FILE]  check FILE, print the effective config as JSON
+    k8s-workload-registrar plan [-config FILE] [-output text|json]
+                                                    print what the registrar would create, update
+                                                    and delete in SPIRE, writing nothing; exit 0
+                                                    when nothing is pending, 3 when changes are,
+                                                    1 on errors (reconcile and webhook modes)
     k8s-workload-registrar -version                 print the version
     k8s-workload-registrar -help                    print this help
 
@@ -152,6 +195,7 @@ FLAGS:
     -kubeconfig FILE  kubeconfig to use [default: $KUBECONFIG, else in-cluster]
     -expandEnv        replace $VAR and ${VAR} in the configuration file with environment
                       variables before parsing (unset ones become empty)
+    -output FORMAT    plan only: text (grouped by node) or json      [default: text]
     -h, -help         print this help (also --help)
     -version          print the version (also --version)
 
@@ -254,6 +298,12 @@ mod tests {
             (&["-expandEnv"], with(run(DEFAULT_CONFIG_PATH), |a| a.expand_env = true)),
             (&["validate", "-expandEnv=true"], with(validate(DEFAULT_CONFIG_PATH), |a| a.expand_env = true)),
             (&["-expandEnv=false"], run(DEFAULT_CONFIG_PATH)),
+            (&["plan"], Command::Plan(Args::new(DEFAULT_CONFIG_PATH.into()), Output::Text)),
+            (
+                &["plan", "-config", "a.conf", "-output", "json"],
+                Command::Plan(Args::new("a.conf".into()), Output::Json),
+            ),
+            (&["-output=text", "plan"], Command::Plan(Args::new(DEFAULT_CONFIG_PATH.into()), Output::Text)),
         ];
         for (args, expected) in cases {
             assert_eq!(parse(args).as_ref(), Ok(expected), "{args:?}");
@@ -275,6 +325,10 @@ mod tests {
             (&["frobnicate"], CliError::UnexpectedArgument("frobnicate".into()), "\"frobnicate\""),
             (&["validate", "run"], CliError::UnexpectedArgument("run".into()), "\"run\""),
             (&["-config", "a", "-config", "b"], CliError::Repeated("config"), "more than once"),
+            (&["plan", "-output", "yaml"], CliError::BadOutput("yaml".into()), "text or json"),
+            (&["plan", "-output"], CliError::MissingValue("-output".into()), "needs a value"),
+            (&["-output", "json"], CliError::OutputWithoutPlan, "only for the plan command"),
+            (&["plan", "validate"], CliError::UnexpectedArgument("validate".into()), "\"plan\""),
         ];
         for (args, expected, needle) in cases {
             let got = parse(args);
@@ -285,7 +339,8 @@ mod tests {
 
     #[test]
     fn usage_mentions_every_config_key_and_environment() {
-        let fixed = ["-config", "-kubeconfig", "-expandEnv", "validate", "KUBECONFIG", "RUST_LOG"];
+        let fixed =
+            ["-config", "-kubeconfig", "-expandEnv", "-output", "validate", "plan", "KUBECONFIG", "RUST_LOG"];
         for needle in fixed.into_iter().chain(crate::config::known_keys()) {
             assert!(USAGE.contains(needle), "USAGE lacks {needle}");
         }

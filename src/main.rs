@@ -31,6 +31,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plan(args, output) => {
+            let cfg = match config::load_with(&args.config, args.expand_env) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match plan(cfg, args.kubeconfig) {
+                Ok(p) => {
+                    let text = match output {
+                        cli::Output::Text => k8s_workload_registrar::plan::render_text(&p),
+                        cli::Output::Json => k8s_workload_registrar::plan::render_json(&p).to_string(),
+                    };
+                    match print(text.trim_end()) {
+                        code if code != ExitCode::SUCCESS => code,
+                        _ if p.is_empty() => ExitCode::SUCCESS,
+                        _ => ExitCode::from(cli::PLAN_CHANGES_PENDING),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             let cfg = match config::load_with(&args.config, args.expand_env) {
                 Ok(c) => c,
@@ -64,6 +90,23 @@ fn print(text: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `plan`: logs (warnings only, to stderr) and TLS as for `run`; nothing is written anywhere.
+#[tokio::main]
+async fn plan(
+    cfg: Config,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<k8s_workload_registrar::plan::Plan> {
+    k8s_workload_registrar::telemetry::init("warn", false, None)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kube_config = match kubeconfig {
+        Some(path) => {
+            Some(config_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
+        }
+        None => None,
+    };
+    Ok(app::plan::run(&cfg, kube_config).await?)
 }
 
 #[tokio::main]

@@ -229,11 +229,7 @@ impl RegistrarState {
     fn by_scope(&self, entries: Vec<Entry>) -> BTreeMap<String, Vec<Entry>> {
         let mut out: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         for e in entries {
-            let scope = match self.args.mode {
-                ShardMode::PerNode => self.args.naming.node_of(&e.spec),
-                ShardMode::Cluster => self.args.naming.webhook_owns(&e.spec).then(|| CLUSTER.to_string()),
-            };
-            if let Some(scope) = scope {
+            if let Some(scope) = crate::scope::owner_scope(self.args.mode, &self.args.naming, &e.spec) {
                 out.entry(scope).or_default().push(e);
             }
         }

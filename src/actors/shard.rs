@@ -37,7 +37,7 @@ use super::POOL_WAIT;
 use super::spire_pool::{Fence, OpOutcome, PoolMsg};
 use crate::{
     diff::{EntryOp, diff},
-    identity::{EndpointSliceInfo, IdentityError, Naming},
+    identity::{IdentityError, Naming},
     k8s::{
         cache::ClusterCache,
         events::{EventSink, Reason},
@@ -62,19 +62,7 @@ pub enum ShardMsg {
     Fail,
 }
 
-/// What a shard owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardMode {
-    /// Reconcile mode: one shard per node (its node-alias entry and its pods' entries).
-    PerNode,
-    /// Webhook mode: one shard, [`CLUSTER`], for the cluster entry and every pod's entry.
-    /// Deletions wait [`DELETE_GRACE`]: an admission writes a pod's entry before the API server
-    /// has stored the pod, so an entry can be briefly ahead of the watch.
-    Cluster,
-}
-
-/// The name of webhook mode's one shard.
-pub const CLUSTER: &str = "cluster";
+pub use crate::scope::{CLUSTER, ShardMode};
 
 /// How long an owned entry must stay undesired before the cluster shard deletes it.
 pub const DELETE_GRACE: Duration = Duration::from_secs(10);
@@ -264,46 +252,19 @@ impl Actor for NodeShard {
     }
 }
 
-/// Desired entries for this shard's node, reporting (once per distinct problem) pods whose
-/// identity cannot be formed.
+/// Desired entries for this shard's scope (`scope`), reporting (once per distinct problem) pods
+/// whose identity cannot be formed.
 async fn desired(state: &mut ShardState) -> Vec<EntrySpec> {
-    if state.args.mode == ShardMode::Cluster {
-        return desired_cluster(state).await;
-    }
     let a = &state.args;
-    let mut out = Vec::new();
-    let Some(node) = a.cache.node(&a.node) else { return out };
-    match a.naming.node_entry(&node) {
-        Ok(spec) => out.push(spec),
-        Err(e) => tracing::warn!(node = %a.node, error = %e, "Node gets no entry."),
-    }
-    let mut problems = Vec::new();
-    // Slices are looked up once per namespace per sync, not once per pod.
-    let mut slices_by_ns: HashMap<String, Vec<EndpointSliceInfo>> = HashMap::new();
-    let pods = a.cache.pods_on(&a.node);
-    track_registrations(state, &pods);
-    let a = &state.args;
-    for pod in &pods {
-        let slices: &[EndpointSliceInfo] = if a.naming.pod_dns_zone.is_some() {
-            slices_by_ns.entry(pod.namespace.clone()).or_insert_with(|| a.cache.slices_in(&pod.namespace))
-        } else {
-            &[]
-        };
-        match a.naming.pod_entry_with_warnings(pod, slices) {
-            Ok(Some(d)) => {
-                for rejected in &d.rejected_dns_names {
-                    tracing::debug!(namespace = %pod.namespace, pod = %pod.name, reason = %rejected, "DNS name dropped.");
-                }
-                out.push(d.spec);
-            }
-            Ok(None) => {}
-            Err(e) => problems.push((pod.clone(), e)),
-        }
-    }
-    for (pod, e) in problems {
+    let d = match a.mode {
+        ShardMode::PerNode => crate::scope::for_node(&a.naming, &a.cache, &a.node),
+        ShardMode::Cluster => crate::scope::for_cluster(&a.naming, &a.cache),
+    };
+    track_registrations(state, &d.pods);
+    for (pod, e) in d.problems {
         report(state, &pod.namespace, &pod.name, &pod.uid, e).await;
     }
-    out
+    d.specs
 }
 
 async fn report(state: &mut ShardState, namespace: &str, name: &str, uid: &str, e: IdentityError) {
@@ -415,31 +376,6 @@ async fn report_refusal(state: &mut ShardState, op: &EntryOp, error: &ItemError)
         .map(|p| p.uid)
         .unwrap_or_default();
     state.args.events.pod_warning(namespace, name, &uid, Reason::SpireRejected, msg);
-}
-
-/// Webhook mode: the cluster entry and every running pod's entry (see `identity`).
-async fn desired_cluster(state: &mut ShardState) -> Vec<EntrySpec> {
-    let a = &state.args;
-    let mut out = Vec::new();
-    match a.naming.webhook_cluster_entry() {
-        Ok(spec) => out.push(spec),
-        Err(e) => tracing::warn!(error = %e, "No cluster entry."),
-    }
-    let mut problems = Vec::new();
-    let pods = a.cache.all_pods();
-    track_registrations(state, &pods);
-    let a = &state.args;
-    for pod in pods.into_iter().filter(|p| !p.terminal) {
-        match a.naming.webhook_pod_entry(&pod) {
-            Ok(Some(spec)) => out.push(spec),
-            Ok(None) => {}
-            Err(e) => problems.push((pod, e)),
-        }
-    }
-    for (pod, e) in problems {
-        report(state, &pod.namespace, &pod.name, &pod.uid, e).await;
-    }
-    out
 }
 
 async fn read_actual(args: &ShardArgs) -> Result<Vec<Entry>, String> {

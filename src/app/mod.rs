@@ -10,6 +10,7 @@
 //! tests share this one code path.
 
 mod crd;
+pub mod plan;
 mod reconcile;
 mod webhook;
 

@@ -17,16 +17,22 @@ use crate::{
     k8s::{cache::ClusterCache, events::EventSink},
 };
 
-pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Result<ModeTree, Error> {
-    let naming = Arc::new(Naming {
+/// Reconcile mode's identity rules, validated (also what `plan` uses).
+pub(crate) fn naming(cfg: &Config, rc: &ReconcileConfig) -> Result<Naming, Error> {
+    let naming = Naming {
         trust_domain: cfg.trust_domain.clone(),
         cluster: cfg.cluster.clone(),
         controller_name: rc.controller_name.clone(),
         id_source: cfg.id_source.clone(),
         disabled_namespaces: cfg.disabled_namespaces.clone(),
         pod_dns_zone: rc.add_pod_dns_names.then(|| rc.cluster_dns_zone.clone()),
-    });
+    };
     naming.validate()?;
+    Ok(naming)
+}
+
+pub(super) fn tree(cfg: &Config, rc: &ReconcileConfig, shared: &Shared) -> Result<ModeTree, Error> {
+    let naming = Arc::new(naming(cfg, rc)?);
     let args = RegistrarArgs {
         mode: ShardMode::PerNode,
         naming,

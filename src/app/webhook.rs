@@ -30,16 +30,22 @@ pub(super) fn preflight(wc: &WebhookConfig) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> Result<ModeTree, Error> {
-    let naming = Arc::new(Naming {
+/// Webhook mode's identity rules, validated (also what `plan` uses).
+pub(crate) fn naming(cfg: &Config) -> Result<Naming, Error> {
+    let naming = Naming {
         trust_domain: cfg.trust_domain.clone(),
         cluster: cfg.cluster.clone(),
         controller_name: "spire-k8s-registrar".into(),
         id_source: cfg.id_source.clone(),
         disabled_namespaces: cfg.disabled_namespaces.clone(),
         pod_dns_zone: None,
-    });
+    };
     naming.validate()?;
+    Ok(naming)
+}
+
+pub(super) async fn tree(cfg: &Config, wc: &WebhookConfig, shared: &Shared) -> Result<ModeTree, Error> {
+    let naming = Arc::new(naming(cfg)?);
     let files = tls_files(wc);
     // Fail fast on a taken port, before anything is written anywhere (the files were checked).
     if wc.insecure_skip_client_verification {

@@ -7,6 +7,7 @@ mod cli;
 mod crd;
 mod image;
 mod leader;
+mod plan;
 mod prometheus;
 mod reconcile;
 mod registrar;

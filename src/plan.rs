@@ -1,0 +1,329 @@
+//! `plan`: what a converged registrar would change in SPIRE, computed from the same rules and
+//! the same diff as the running registrar, and shown before anything is written. Pure: a
+//! snapshot of the cluster (a [`ClusterCache`]) and of the owned entries in, a [`Plan`] out; the
+//! shell that reads them is `app::plan`.
+//!
+//! # Rules
+//! 1. The scopes are the shards a registrar would run: every node with its owned entries and
+//!    every scope that owns entries in SPIRE (reconcile: a node that is gone still has its
+//!    entries to delete), or the one cluster scope (webhook mode).
+//! 2. Each scope's desired entries are `scope::for_node` / `scope::for_cluster`, its changes
+//!    `diff::diff` — exactly what a shard would write, without the cluster shard's delete grace
+//!    (a plan shows where the registrar converges to).
+//! 3. Every change says why (`audit::Reason`), updates which fields change (old → new).
+//! 4. Changes are listed by scope, then by object, then create, update, delete.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use crate::{
+    audit::{self, Object, Op, Reason},
+    diff::{EntryOp, diff},
+    identity::Naming,
+    k8s::cache::ClusterCache,
+    model::{Entry, EntrySpec},
+    scope::{self, CLUSTER, ShardMode},
+};
+
+/// One change a converged registrar would make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The shard scope: a node name, or `cluster`.
+    pub scope: String,
+    pub op: Op,
+    /// The entry's ID (`None` for a create: SPIRE assigns it).
+    pub entry_id: Option<String>,
+    pub object: Object,
+    pub reason: Reason,
+    /// The entry as it is in SPIRE (updates, deletes).
+    pub old: Option<EntrySpec>,
+    /// The entry as it would be (creates, updates).
+    pub new: Option<EntrySpec>,
+    /// Updates: the fields that differ.
+    pub changed: Vec<&'static str>,
+}
+
+/// Everything `plan` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Owned entries already as desired.
+    pub unchanged: usize,
+    /// Pods that get no entry because their identity cannot be formed: `ns/name: reason`.
+    pub problems: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// The plan of reconcile (`ShardMode::PerNode`) or webhook (`ShardMode::Cluster`) mode, from
+/// the cluster in `cache` and the entries in SPIRE (all of them; the ones no scope owns are
+/// left out, as the registrar leaves them alone).
+pub fn for_cluster(mode: ShardMode, naming: &Naming, cache: &ClusterCache, entries: Vec<Entry>) -> Plan {
+    let mut owned: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    for e in entries {
+        if let Some(s) = scope::owner_scope(mode, naming, &e.spec) {
+            owned.entry(s).or_default().push(e);
+        }
+    }
+    let scopes: BTreeSet<String> = match mode {
+        ShardMode::PerNode => cache.node_names().into_iter().chain(owned.keys().cloned()).collect(),
+        ShardMode::Cluster => BTreeSet::from([CLUSTER.to_string()]),
+    };
+    let mut plan = Plan::default();
+    for s in scopes {
+        let actual = owned.remove(&s).unwrap_or_default();
+        let desired = match mode {
+            ShardMode::PerNode => scope::for_node(naming, cache, &s),
+            ShardMode::Cluster => scope::for_cluster(naming, cache),
+        };
+        for (pod, e) in &desired.problems {
+            plan.problems.push(format!("{}/{}: {e}", pod.namespace, pod.name));
+        }
+        let ops = diff(&desired.specs, &actual);
+        let node_gone = mode == ShardMode::PerNode && cache.node(&s).is_none();
+        let touched = ops.iter().filter(|op| !matches!(op, EntryOp::Create(_))).count();
+        plan.unchanged += actual.len() - touched;
+        let mut changes = describe(&s, ops, &actual, |object| {
+            audit::why_deleted(object, node_gone, |ns, name| cache.pod(ns, name))
+        });
+        // Readable and stable: by object within a scope, then by op.
+        changes.sort_by_cached_key(|c| (c.object.to_string(), c.op as u8));
+        plan.changes.extend(changes);
+    }
+    plan
+}
+
+/// The ops of one scope as changes; `why_deleted` explains deletes.
+pub fn describe(
+    scope: &str,
+    ops: Vec<EntryOp>,
+    actual: &[Entry],
+    why_deleted: impl Fn(&Object) -> Reason,
+) -> Vec<Change> {
+    let old = |id: &str| actual.iter().find(|e| e.id == id).map(|e| e.spec.clone());
+    ops.into_iter()
+        .filter_map(|op| {
+            let change = match op {
+                EntryOp::Create(spec) | EntryOp::CreateWithId { spec, .. } => Change {
+                    scope: scope.to_string(),
+                    op: Op::Create,
+                    entry_id: None,
+                    object: audit::object_of(&spec),
+                    reason: Reason::New,
+                    old: None,
+                    new: Some(spec),
+                    changed: Vec::new(),
+                },
+                EntryOp::Update { id, spec } => {
+                    let before = old(&id)?;
+                    Change {
+                        scope: scope.to_string(),
+                        op: Op::Update,
+                        object: audit::object_of(&spec),
+                        reason: Reason::Changed,
+                        changed: audit::changed_fields(&before, &spec),
+                        entry_id: Some(id),
+                        old: Some(before),
+                        new: Some(spec),
+                    }
+                }
+                EntryOp::Delete { id } => {
+                    let before = old(&id)?;
+                    let object = audit::object_of(&before);
+                    Change {
+                        scope: scope.to_string(),
+                        op: Op::Delete,
+                        reason: why_deleted(&object),
+                        object,
+                        entry_id: Some(id),
+                        old: Some(before),
+                        new: None,
+                        changed: Vec::new(),
+                    }
+                }
+            };
+            Some(change)
+        })
+        .collect()
+}
+
+/// One field's value as shown in a plan.
+fn field(spec: &EntrySpec, name: &str) -> String {
+    let list = |v: Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(",") };
+    match name {
+        "spiffe_id" => spec.spiffe_id.to_string(),
+        "parent_id" => spec.parent_id.to_string(),
+        "selectors" => list(spec.selectors.iter().map(|s| format!("{}:{}", s.kind, s.value)).collect()),
+        "dns_names" => {
+            let mut v = spec.dns_names.clone();
+            v.sort();
+            list(v)
+        }
+        "federates_with" => list(spec.federates_with.iter().cloned().collect()),
+        "downstream" => spec.downstream.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The plan as text for a terminal: changes grouped by scope, one line each, updates with
+/// their fields old → new, then a summary line.
+pub fn render_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let mut scope: Option<&str> = None;
+    for c in &plan.changes {
+        if scope != Some(c.scope.as_str()) {
+            let title = if c.scope == CLUSTER { "cluster".to_string() } else { format!("node {}", c.scope) };
+            out.push_str(&format!("{title}:\n"));
+            scope = Some(&c.scope);
+        }
+        let spec = c.new.as_ref().or(c.old.as_ref()).expect("a change has a spec");
+        let sign = match c.op {
+            Op::Create => '+',
+            Op::Update => '~',
+            Op::Delete => '-',
+        };
+        let id = c.entry_id.as_deref().map(|id| format!(" [{id}]")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {sign} {:<6} {}{id}  ({}; {})\n",
+            c.op.as_str(),
+            spec.spiffe_id,
+            c.object,
+            c.reason
+        ));
+        if let (Some(old), Some(new)) = (&c.old, &c.new) {
+            for f in &c.changed {
+                out.push_str(&format!("      {f}: {} -> {}\n", field(old, f), field(new, f)));
+            }
+        }
+    }
+    if !plan.problems.is_empty() {
+        out.push_str("pods without an identity:\n");
+        for p in &plan.problems {
+            out.push_str(&format!("  ! {p}\n"));
+        }
+    }
+    let count = |op: Op| plan.changes.iter().filter(|c| c.op == op).count();
+    out.push_str(&format!(
+        "Plan: {} to create, {} to update, {} to delete, {} unchanged.\n",
+        count(Op::Create),
+        count(Op::Update),
+        count(Op::Delete),
+        plan.unchanged
+    ));
+    out
+}
+
+fn spec_json(spec: &EntrySpec) -> serde_json::Value {
+    let mut dns = spec.dns_names.clone();
+    dns.sort();
+    json!({
+        "spiffe_id": spec.spiffe_id.to_string(),
+        "parent_id": spec.parent_id.to_string(),
+        "selectors": spec.selectors.iter().map(|s| format!("{}:{}", s.kind, s.value)).collect::<Vec<_>>(),
+        "dns_names": dns,
+        "federates_with": spec.federates_with,
+        "downstream": spec.downstream,
+    })
+}
+
+/// The plan as JSON (`-output json`): `changes` (each with `scope`, `op`, `entry_id`,
+/// `object`, `reason`, `old`, `new`, `changed`), `unchanged`, `problems` and `summary`.
+pub fn render_json(plan: &Plan) -> serde_json::Value {
+    let count = |op: Op| plan.changes.iter().filter(|c| c.op == op).count();
+    json!({
+        "changes": plan.changes.iter().map(|c| json!({
+            "scope": c.scope,
+            "op": c.op.as_str(),
+            "entry_id": c.entry_id,
+            "object": c.object.to_string(),
+            "reason": c.reason.as_str(),
+            "old": c.old.as_ref().map(spec_json),
+            "new": c.new.as_ref().map(spec_json),
+            "changed": c.changed,
+        })).collect::<Vec<_>>(),
+        "unchanged": plan.unchanged,
+        "problems": plan.problems,
+        "summary": {"create": count(Op::Create), "update": count(Op::Update), "delete": count(Op::Delete)},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{NodeInfo, PodInfo};
+
+    fn cluster() -> (Naming, ClusterCache) {
+        let naming = Naming::test();
+        let cache = ClusterCache::default();
+        cache.upsert_node(NodeInfo { name: "n1".into(), uid: "u1".into() });
+        cache.upsert_pod(PodInfo::test("apps", "web").on_node("n1"));
+        (naming, cache)
+    }
+
+    fn desired(naming: &Naming, cache: &ClusterCache) -> Vec<Entry> {
+        let d = scope::for_node(naming, cache, "n1");
+        d.specs.into_iter().enumerate().map(|(i, spec)| Entry { id: format!("e{i}"), spec }).collect()
+    }
+
+    #[test]
+    fn a_converged_cluster_has_an_empty_plan() {
+        let (naming, cache) = cluster();
+        let entries = desired(&naming, &cache);
+        let plan = for_cluster(ShardMode::PerNode, &naming, &cache, entries);
+        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(plan.unchanged, 2);
+        assert!(render_text(&plan).ends_with("Plan: 0 to create, 0 to update, 0 to delete, 2 unchanged.\n"));
+    }
+
+    #[test]
+    fn creates_updates_and_deletes_say_what_and_why() {
+        let (naming, cache) = cluster();
+        let mut entries = desired(&naming, &cache);
+        // The pod's entry in SPIRE lacks a DNS name the registrar would not set: an update.
+        entries[1].spec.dns_names = vec!["stale.example".into()];
+        // A node that is gone still has its alias entry: a delete, because the node is gone.
+        cache.upsert_node(NodeInfo { name: "n2".into(), uid: "u2".into() });
+        let gone = scope::for_node(&naming, &cache, "n2").specs.remove(0);
+        cache.remove_node("n2");
+        entries.push(Entry { id: "old".into(), spec: gone });
+        // A hand-made entry is nobody's: not in the plan.
+        let mut hand = entries[0].spec.clone();
+        hand.spiffe_id = crate::id::SpiffeId::parse("spiffe://example.org/hand").unwrap();
+        hand.parent_id = crate::id::SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap();
+        entries.push(Entry { id: "hand".into(), spec: hand });
+        // A new pod: a create.
+        cache.upsert_pod(PodInfo::test("apps", "api").on_node("n1"));
+
+        let plan = for_cluster(ShardMode::PerNode, &naming, &cache, entries);
+        let ops: Vec<_> = plan
+            .changes
+            .iter()
+            .map(|c| (c.scope.as_str(), c.op, c.object.to_string(), c.reason, c.changed.clone()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("n1", Op::Create, "pod apps/api".to_string(), Reason::New, vec![]),
+                ("n1", Op::Update, "pod apps/web".to_string(), Reason::Changed, vec!["dns_names"]),
+                ("n2", Op::Delete, "node n2".to_string(), Reason::NodeGone, vec![]),
+            ]
+        );
+        assert_eq!(plan.unchanged, 1, "n1's alias");
+        let text = render_text(&plan);
+        assert!(text.contains("node n1:\n  + create spiffe://example.org/ns/apps/sa/default"), "{text}");
+        assert!(text.contains("      dns_names: stale.example -> -\n"), "{text}");
+        assert!(
+            text.contains("node n2:\n  - delete spiffe://example.org/spire-k8s-registrar/demo/node/n2 [old]"),
+            "{text}"
+        );
+        let json = render_json(&plan);
+        assert_eq!(json["summary"], json!({"create": 1, "update": 1, "delete": 1}));
+        assert_eq!(json["changes"][1]["old"]["dns_names"], json!(["stale.example"]));
+        assert_eq!(json["changes"][2]["reason"], "node_gone");
+    }
+}

@@ -1,0 +1,197 @@
+//! `k8s-workload-registrar plan` against the real kube-apiserver and spire-server: it prints
+//! exactly the changes a registrar then makes, and writes nothing to either.
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+
+use crate::{
+    registrar::{Registrar, http_request, metric_value},
+    stack::{Kube, KubeOptions, Spire, Stack, set_bundle},
+    util::*,
+};
+
+/// spire-server's own count of entry write RPCs (its telemetry), independent of our client.
+async fn spire_writes(spire: &Spire) -> f64 {
+    let (_, body) = http_request(spire.telemetry_port.expect("telemetry"), "GET", "/metrics").await;
+    ["batch_create_entry", "batch_update_entry", "batch_delete_entry"]
+        .iter()
+        .map(|m| metric_value(&body, &format!("spire_server_rpc_entry_v1_entry_{m}"), &[]).unwrap_or(0.0))
+        .sum()
+}
+
+/// Runs `plan` with `config`; returns the exit code and stdout.
+fn plan(stack: &Stack, config: &std::path::Path, output: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_k8s-workload-registrar"))
+        .args(["plan", "-config"])
+        .arg(config)
+        .arg("-kubeconfig")
+        .arg(&stack.kube.kubeconfig)
+        .args(["-output", output])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
+}
+
+/// (op, object, reason) of each change of a JSON plan.
+fn changes(json: &serde_json::Value) -> BTreeSet<(String, String, String)> {
+    json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("op"), s("object"), s("reason"))
+        })
+        .collect()
+}
+
+fn triple(op: &str, object: &str, reason: &str) -> (String, String, String) {
+    (op.into(), object.into(), reason.into())
+}
+
+async fn stack_with_spire_telemetry() -> Stack {
+    let dir = tempfile::Builder::new().prefix("kwr-").tempdir_in("/tmp").expect("temp dir");
+    let (kube, spire) = tokio::join!(
+        Kube::start(dir.path(), KubeOptions::default()),
+        Spire::start_with_telemetry(dir.path())
+    );
+    Stack { kube, spire, dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_exactly_what_reconcile_mode_then_writes_and_writes_nothing() {
+    let stack = stack_with_spire_telemetry().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    set_bundle(&stack.spire, stack.dir.path(), "other.org");
+    stack.spire.create_hand_made_entry("unix:uid:0");
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    create_node(&k, "n2").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    pod("shop", "api").on("n2").sa("api").annotation("spiffe.io/federatesWith", "other.org").create(&k).await;
+
+    // A registrar converges, then stops; the cluster changes while none runs.
+    let config = {
+        let reg = Registrar::start(&stack, "first", "c1", "").await;
+        reg.wait_ready().await;
+        eventually("first convergence", Duration::from_secs(30), || async {
+            (all_shown(&spire).await.len() == 5).then_some(())
+        })
+        .await;
+        assert_eq!(reg.proc.terminate(Duration::from_secs(20)).await, Some(0));
+        stack.dir.path().join("first.conf")
+    };
+    pod("shop", "new").on("n1").sa("new").create(&k).await;
+    create_node(&k, "n3").await;
+    Api::<Pod>::namespaced(k.clone(), "shop")
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"spiffe.io/federatesWith": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    delete_pod(&k, "shop", "web").await;
+
+    // The plan: exactly those four changes, each with its reason; exit status 3.
+    let before = (all_shown(&spire).await, spire_writes(&stack.spire).await);
+    let events: Api<Event> = Api::all(k.clone());
+    let events_before = events.list(&ListParams::default()).await.unwrap().items.len();
+    let (code, out) = plan(&stack, &config, "json");
+    assert_eq!(code, 3, "changes pending: {out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let expected = BTreeSet::from([
+        triple("create", "pod shop/new", "new"),
+        triple("create", "node n3", "new"),
+        triple("update", "pod shop/api", "changed"),
+        triple("delete", "pod shop/web", "pod_gone"),
+    ]);
+    assert_eq!(changes(&json), expected, "{json:#}");
+    let update = json["changes"].as_array().unwrap().iter().find(|c| c["op"] == "update").unwrap();
+    assert_eq!(update["changed"], serde_json::json!(["federates_with"]));
+    assert_eq!(update["old"]["federates_with"], serde_json::json!(["other.org"]));
+    assert_eq!(update["new"]["federates_with"], serde_json::json!([]));
+    assert!(update["entry_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert_eq!(
+        json["unchanged"], 3,
+        "n1's and n2's aliases and nothing else: the hand-made entry is not ours"
+    );
+    // The text form, grouped by node.
+    let (code, text) = plan(&stack, &config, "text");
+    assert_eq!(code, 3);
+    assert!(text.contains("node n1:\n"), "{text}");
+    assert!(text.contains("+ create spiffe://example.org/ns/shop/sa/new"), "{text}");
+    assert!(text.contains("federates_with: other.org -> -"), "{text}");
+    assert!(text.contains("(pod shop/web; pod_gone)"), "{text}");
+    assert!(text.ends_with("Plan: 2 to create, 1 to update, 1 to delete, 3 unchanged.\n"), "{text}");
+    // Nothing was written: not to SPIRE (its own telemetry counts no write call), not to
+    // Kubernetes (no Event, no Lease).
+    assert_eq!((all_shown(&spire).await, spire_writes(&stack.spire).await), before);
+    assert_eq!(events.list(&ListParams::default()).await.unwrap().items.len(), events_before);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::all(k.clone());
+    assert!(leases.list(&ListParams::default()).await.unwrap().items.is_empty());
+
+    // A registrar started now makes exactly the planned writes (its audit lines), and then the
+    // plan is empty (exit 0).
+    let reg = Registrar::start(&stack, "second", "c1", "log_format = \"json\"\n").await;
+    reg.wait_ready().await;
+    eventually("the planned writes", Duration::from_secs(30), || async {
+        let done: BTreeSet<_> = audit_lines(&reg.proc.log_text())
+            .iter()
+            .map(|l| Some(triple(l["op"].as_str()?, l["object"].as_str()?, l["reason"].as_str()?)))
+            .collect::<Option<_>>()?;
+        (done == expected).then_some(())
+    })
+    .await;
+    let (code, text) = plan(&stack, &config, "text");
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text, "Plan: 0 to create, 0 to update, 0 to delete, 6 unchanged.\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_in_webhook_mode_covers_pods_admitted_while_no_webhook_ran() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "apps").await;
+    pod("apps", "web").label("spiffe.io/id", "web").create(&k).await;
+    pod("apps", "nolabel").create(&k).await;
+    let bad = pod("apps", "bad").label("spiffe.io/id", "").create(&k).await;
+    let config = stack.dir.path().join("wh.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"wc\"\nmode = \"webhook\"\n\
+             pod_label = \"spiffe.io/id\"\n",
+            stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = plan(&stack, &config, "json");
+    assert_eq!(code, 3, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        changes(&json),
+        BTreeSet::from([triple("create", "cluster wc", "new"), triple("create", "pod apps/web", "new")]),
+        "{json:#}"
+    );
+    let web = json["changes"].as_array().unwrap().iter().find(|c| c["object"] == "pod apps/web").unwrap();
+    assert_eq!(web["new"]["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(web["new"]["parent_id"], "spiffe://example.org/k8s-workload-registrar/wc/node");
+    assert_eq!(web["new"]["selectors"], serde_json::json!(["k8s:ns:apps", "k8s:pod-name:web"]));
+    // The pod whose label cannot form an ID is named, with the reason.
+    let problems = json["problems"].as_array().unwrap();
+    assert!(problems.len() == 1 && problems[0].as_str().unwrap().starts_with("apps/bad: "), "{problems:?}");
+    assert!(bad.metadata.uid.is_some());
+    assert!(all_shown(&spire).await.is_empty(), "plan wrote to SPIRE");
+}
