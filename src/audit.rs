@@ -11,8 +11,22 @@
 //! logs. Called by every writer once SPIRE confirmed the write: the node and cluster shards, pod
 //! admissions and the SpiffeID controller. A create SPIRE answered with ALREADY_EXISTS wrote
 //! nothing and is not audited.
+//!
+//! With `dry_run = true` ([`set_dry_run`], process-wide like the configuration it comes from)
+//! the same lines say `Entry would be created.` (…updated, …deleted) and carry `dry_run=true`:
+//! nothing was sent.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+static DRY_RUN: AtomicBool = AtomicBool::new(false);
+
+/// This process runs with `dry_run = true`: audit lines say what would have been written.
+pub fn set_dry_run() {
+    DRY_RUN.store(true, Ordering::Relaxed);
+}
 
 use crate::{identity::PodInfo, model::EntrySpec};
 
@@ -190,19 +204,23 @@ impl Op {
 /// Logs one audit line for a write SPIRE confirmed. `spec` is the entry as written (for a
 /// delete: as it was); `changed` is for updates ([`changed_fields`]).
 pub fn written(op: Op, entry_id: &str, spec: &EntrySpec, object: &Object, reason: Reason, changed: &[&str]) {
-    let message = match op {
-        Op::Create => "Entry created.",
-        Op::Update => "Entry updated.",
-        Op::Delete => "Entry deleted.",
+    let dry_run = DRY_RUN.load(Ordering::Relaxed);
+    let message = match (op, dry_run) {
+        (Op::Create, false) => "Entry created.",
+        (Op::Update, false) => "Entry updated.",
+        (Op::Delete, false) => "Entry deleted.",
+        (Op::Create, true) => "Entry would be created.",
+        (Op::Update, true) => "Entry would be updated.",
+        (Op::Delete, true) => "Entry would be deleted.",
     };
     let (op, spiffe_id, parent_id) = (op.as_str(), &spec.spiffe_id, &spec.parent_id);
     if changed.is_empty() {
         tracing::info!(target: "k8s_workload_registrar::audit", op, entry_id, %spiffe_id, %parent_id,
-            object = %object, reason = reason.as_str(), "{message}");
+            object = %object, reason = reason.as_str(), dry_run, "{message}");
     } else {
         let changed = changed.join(",");
         tracing::info!(target: "k8s_workload_registrar::audit", op, entry_id, %spiffe_id, %parent_id,
-            object = %object, reason = reason.as_str(), changed, "{message}");
+            object = %object, reason = reason.as_str(), changed, dry_run, "{message}");
     }
 }
 

@@ -215,6 +215,8 @@ CONFIGURATION (HCL; unknown keys and keys of another mode are errors):
     log_format            \"text\" | \"json\"                        [\"text\"]
     log_path              log to this file instead of stderr
     resync_interval       full resync period, e.g. \"30s\", \"5m\"   [\"60s\"]
+    dry_run               webhook/reconcile: write nothing to SPIRE, log and count the
+                          writes it would make (elects on its own \"-dry-run\" lock) [false]
   webhook mode:
     addr [\":8443\"]  cert_path [\"cert.pem\"]  key_path [\"key.pem\"]  cacert_path [\"cacert.pem\"]
     insecure_skip_client_verification [false]  metrics_addr [\":8080\"; \"0\" disables]

@@ -41,6 +41,9 @@ pub struct Config {
     pub cluster: String,
     pub id_source: IdSource,
     pub disabled_namespaces: BTreeSet<String>,
+    /// `dry_run`: run normally but send no write to SPIRE (`spire::dry_run`); reconcile and
+    /// webhook modes.
+    pub dry_run: bool,
     pub mode: Mode,
 }
 
@@ -490,6 +493,7 @@ const KEYS: &[(&str, &[ModeName])] = &[
     ("mode", ALL),
     ("disabled_namespaces", ALL),
     ("resync_interval", ALL),
+    ("dry_run", WEBHOOK_RECONCILE),
     ("addr", WEBHOOK),
     ("cert_path", WEBHOOK),
     ("key_path", WEBHOOK),
@@ -542,6 +546,7 @@ struct RawConfig {
     mode: Option<String>,
     disabled_namespaces: Option<Vec<String>>,
     resync_interval: Option<String>,
+    dry_run: Option<bool>,
     addr: Option<String>,
     cert_path: Option<String>,
     key_path: Option<String>,
@@ -822,6 +827,7 @@ fn validate(raw: &RawConfig, present: &BTreeSet<String>, ck: &mut Check) -> Opti
         cluster: cluster?,
         id_source: id_source?,
         disabled_namespaces: disabled_namespaces.into_iter().collect(),
+        dry_run: raw.dry_run.unwrap_or(false),
         mode: mode?,
     })
 }

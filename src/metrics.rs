@@ -12,6 +12,10 @@ pub fn describe() {
         "Pod creation (creationTimestamp, whole seconds) to its entry confirmed in SPIRE, for pods created after this process started."
     );
     describe_counter!("registrar_entry_ops_total", "SPIRE entry writes, by op and outcome.");
+    describe_counter!(
+        "registrar_dry_run_ops_total",
+        "dry_run = true: the SPIRE entry writes the registrar would have made (none sent), by op and outcome."
+    );
     describe_histogram!(
         "registrar_spire_call_duration_seconds",
         "SPIRE API call latency, by method and outcome."

@@ -603,7 +603,12 @@ async fn apply_indexed(
             OpOutcome::Deleted(_) => ("delete", "ok"),
             OpOutcome::Failed { op, .. } => (op.verb(), "failed"),
         };
-        metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome).increment(1);
+        // A dry run's writes were not sent: counted apart, so the two can be compared.
+        match client.is_dry_run() {
+            false => metrics::counter!("registrar_entry_ops_total", "op" => op, "outcome" => outcome),
+            true => metrics::counter!("registrar_dry_run_ops_total", "op" => op, "outcome" => outcome),
+        }
+        .increment(1);
     }
     metrics::histogram!("registrar_apply_duration_seconds").record(start.elapsed().as_secs_f64());
     Ok(out)

@@ -142,13 +142,22 @@ pub async fn run(
         Mode::Crd(cc) => crd::preflight(cc)?,
         Mode::Reconcile(_) => {}
     }
-    let spire = spire_client(&cfg.server).await?;
+    let mut spire = spire_client(&cfg.server).await?;
     let client = crate::k8s::client::build(kube_config).await?;
-    let lock_name = match &cfg.mode {
+    let mut lock_name = match &cfg.mode {
         Mode::Reconcile(rc) => format!("{}-leader-election", rc.controller_name),
         Mode::Crd(_) => "k8s-workload-registrar-crd-leader-election".into(),
         Mode::Webhook(_) => "k8s-workload-registrar-webhook-leader-election".into(),
     };
+    if cfg.dry_run {
+        // A shadow beside a real registrar must never take the real one's lock (it would stop
+        // the real writer), so it elects among dry runs only.
+        lock_name.push_str("-dry-run");
+        spire = spire.dry_run();
+        crate::audit::set_dry_run();
+        tracing::warn!(lock = %lock_name,
+            "dry_run = true: nothing is written to SPIRE; the writes this registrar would make are logged and counted in registrar_dry_run_ops_total.");
+    }
     let election = match cfg.mode.leader_election() {
         Some(le) if le.enabled => Some(election_config(le.lock, le.namespace.as_deref(), lock_name)?),
         Some(_) => None,

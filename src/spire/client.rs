@@ -14,17 +14,22 @@
 //! Connecting is lazy: the channel dials on first use and redials after the server restarts,
 //! so the client survives SPIRE server restarts without being rebuilt.
 //!
+//! With [`SpireClient::dry_run`] no write RPC is sent: writes are answered from an overlay that
+//! reads show (`dry_run`).
+//!
 //! Two transports: the server's admin Unix socket (plaintext, callers are local admins), or its
 //! TCP port with mutual TLS and an X509-SVID from the local agent (see [`SpireClient::tcp_mtls`]).
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use hyper_util::rt::TokioIo;
 use tonic::{Code, Request, Status, transport::Channel};
 
+use super::dry_run::Overlay;
 use super::{
     Error, Result,
     convert::{entry_from_proto, id_to_proto, selector_to_proto, spec_to_proto},
@@ -98,6 +103,9 @@ pub struct SpireClient {
     write_budget: Duration,
     /// Shared by clones: whether the server has been answering (for `/readyz`).
     reach: Reachability,
+    /// `dry_run`: writes go here instead of to the server, and reads show them (shared by
+    /// clones; see [`super::dry_run`]).
+    dry_run: Option<Arc<Mutex<Overlay>>>,
 }
 
 impl SpireClient {
@@ -178,7 +186,38 @@ impl SpireClient {
             timeout: CALL_TIMEOUT,
             write_budget: CALL_TIMEOUT,
             reach: Reachability::default(),
+            dry_run: None,
         }
+    }
+
+    /// This client, and its clones, in dry-run mode: no write RPC is ever sent; writes are
+    /// answered from an overlay that every read shows (see [`super::dry_run`]).
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = Some(Arc::default());
+        self
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.is_some()
+    }
+
+    fn overlay(&self) -> Option<std::sync::MutexGuard<'_, Overlay>> {
+        self.dry_run.as_ref().map(|o| o.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Dry run: each create answered by the overlay, ALREADY_EXISTS for an entry already there.
+    async fn create_dry(
+        &self,
+        entries: Vec<(String, EntrySpec)>,
+    ) -> Result<Vec<Result<CreateResult, ItemError>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, spec) in entries {
+            let filter = ListFilter { by_spiffe_id: Some(spec.spiffe_id.clone()), ..Default::default() };
+            let existing = self.list_entries(&filter).await?;
+            let created = self.overlay().expect("dry run").create(Some(&id), spec, &existing);
+            out.push(Ok(created));
+        }
+        Ok(out)
     }
 
     /// Whether the server has been answering this client and its clones.
@@ -298,7 +337,10 @@ impl SpireClient {
             }
             page_token = resp.next_page_token;
         }
-        Ok(out)
+        Ok(match self.overlay() {
+            Some(overlay) => overlay.view(out, filter),
+            None => out,
+        })
     }
 
     /// Creates entries. For each input, `Ok(entry)` is the created entry, or the existing
@@ -312,6 +354,9 @@ impl SpireClient {
         &self,
         specs: &[EntrySpec],
     ) -> Result<Vec<Result<CreateResult, ItemError>>> {
+        if self.is_dry_run() {
+            return self.create_dry(specs.iter().map(|s| (String::new(), s.clone())).collect()).await;
+        }
         let protos: Vec<_> = specs.iter().map(|s| spec_to_proto("", s)).collect();
         self.create(protos).await
     }
@@ -330,6 +375,9 @@ impl SpireClient {
         &self,
         entries: &[Entry],
     ) -> Result<Vec<Result<CreateResult, ItemError>>> {
+        if self.is_dry_run() {
+            return self.create_dry(entries.iter().map(|e| (e.id.clone(), e.spec.clone())).collect()).await;
+        }
         let protos: Vec<_> = entries.iter().map(|e| spec_to_proto(&e.id, &e.spec)).collect();
         self.create(protos).await
     }
@@ -360,16 +408,29 @@ impl SpireClient {
     /// The entry with this ID, `None` when there is none.
     pub async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
         let req = api::GetEntryRequest { id: id.to_string(), output_mask: None };
-        match self.call("GetEntry", req, |mut c, r| async move { c.get_entry(r).await }).await {
-            Ok(e) => Ok(Some(entry_from_proto(&e)?)),
-            Err(Error::Rpc { code: Code::NotFound, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let real = match self.call("GetEntry", req, |mut c, r| async move { c.get_entry(r).await }).await {
+            Ok(e) => Some(entry_from_proto(&e)?),
+            Err(Error::Rpc { code: Code::NotFound, .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(match self.overlay() {
+            Some(overlay) => overlay.get(id, real),
+            None => real,
+        })
     }
 
     /// Overwrites entries (no input mask: every field is replaced, so the request carries the
     /// complete entry). One result per input.
     pub async fn update_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry, ItemError>>> {
+        if let Some(mut overlay) = self.overlay() {
+            return Ok(entries
+                .iter()
+                .map(|e| {
+                    overlay.update(e);
+                    Ok(e.clone())
+                })
+                .collect());
+        }
         let mut out = Vec::with_capacity(entries.len());
         for chunk in entries.chunks(UPDATE_BATCH) {
             let req = api::BatchUpdateEntryRequest {
@@ -395,6 +456,15 @@ impl SpireClient {
 
     /// Deletes entries by ID. `NOT_FOUND` counts as success: the entry is gone either way.
     pub async fn delete_entries(&self, ids: &[String]) -> Result<Vec<Result<(), ItemError>>> {
+        if let Some(mut overlay) = self.overlay() {
+            return Ok(ids
+                .iter()
+                .map(|id| {
+                    overlay.delete(id);
+                    Ok(())
+                })
+                .collect());
+        }
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(DELETE_BATCH) {
             let req = api::BatchDeleteEntryRequest { ids: chunk.to_vec() };

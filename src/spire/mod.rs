@@ -5,11 +5,13 @@
 //! * [`convert`]: wire types ⇄ model types;
 //! * [`client`]: connection (admin Unix socket, or TCP with mutual TLS), paged lists, batched
 //!   writes with per-item results, retries on `UNAVAILABLE`, per-call timeouts, call metrics;
+//! * [`dry_run`]: the overlay that answers writes in `dry_run = true` mode (pure);
 //! * [`workload`]: the registrar's own X509-SVID from the agent's Workload API (TCP path);
 //! * [`tls`]: the rustls client configuration for the TCP path (SPIFFE server authentication).
 
 pub mod client;
 pub mod convert;
+pub mod dry_run;
 pub mod proto;
 pub mod tls;
 pub mod workload;

@@ -1,5 +1,5 @@
-//! `k8s-workload-registrar plan` against the real kube-apiserver and spire-server: it prints
-//! exactly the changes a registrar then makes, and writes nothing to either.
+//! `k8s-workload-registrar plan` and `dry_run = true` against the real kube-apiserver and
+//! spire-server: both show exactly the changes a registrar then makes, and write nothing.
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
@@ -49,6 +49,15 @@ fn changes(json: &serde_json::Value) -> BTreeSet<(String, String, String)> {
             let s = |k: &str| c[k].as_str().unwrap().to_string();
             (s("op"), s("object"), s("reason"))
         })
+        .collect()
+}
+
+/// (op, object, reason) of a registrar's audit lines, all with `dry_run` = `dry_run`.
+fn audited(reg: &Registrar, dry_run: bool) -> BTreeSet<(String, String, String)> {
+    audit_lines(&reg.proc.log_text())
+        .iter()
+        .inspect(|l| assert_eq!(l["dry_run"], dry_run, "{l}"))
+        .filter_map(|l| Some(triple(l["op"].as_str()?, l["object"].as_str()?, l["reason"].as_str()?)))
         .collect()
 }
 
@@ -139,18 +148,42 @@ async fn plan_shows_exactly_what_reconcile_mode_then_writes_and_writes_nothing()
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(k.clone(), "default");
     assert!(leases.list(&ListParams::default()).await.unwrap().items.is_empty());
 
-    // A registrar started now makes exactly the planned writes (its audit lines), and then the
-    // plan is empty (exit 0).
+    // A dry run (`dry_run = true`) shadows: it logs and counts exactly the planned writes,
+    // sends none, and does not repeat them after resyncs re-read SPIRE.
+    let shadow = Registrar::start(&stack, "shadow", "c1", "log_format = \"json\"\ndry_run = true\n").await;
+    shadow.wait_ready().await;
+    eventually("the dry run's would-be writes", Duration::from_secs(30), || async {
+        (audited(&shadow, true) == expected).then_some(())
+    })
+    .await;
+    let lists = |m: &str| {
+        metric_value(m, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")])
+            .unwrap_or(0.0)
+    };
+    let listed = lists(&shadow.metrics().await);
+    eventually("two more anti-entropy listings (resync_interval = 2s)", Duration::from_secs(30), || async {
+        (lists(&shadow.metrics().await) >= listed + 2.0).then_some(())
+    })
+    .await;
+    let m = shadow.metrics().await;
+    assert_eq!(audit_lines(&shadow.proc.log_text()).len(), 4, "each write once, even after resyncs");
+    let would = |op: &str| metric_value(&m, "registrar_dry_run_ops_total", &[("op", op), ("outcome", "ok")]);
+    assert_eq!((would("create"), would("update"), would("delete")), (Some(2.0), Some(1.0), Some(1.0)), "{m}");
+    assert_eq!(metric_value(&m, "registrar_entry_ops_total", &[]), Some(0.0), "{m}");
+    assert_eq!((all_shown(&spire).await, spire_writes(&stack.spire).await), before, "the dry run wrote");
+    assert_eq!(shadow.proc.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // A registrar started now makes exactly the planned writes (its audit lines), as many as
+    // the dry run counted, and then the plan is empty (exit 0).
     let reg = Registrar::start(&stack, "second", "c1", "log_format = \"json\"\n").await;
     reg.wait_ready().await;
     eventually("the planned writes", Duration::from_secs(30), || async {
-        let done: BTreeSet<_> = audit_lines(&reg.proc.log_text())
-            .iter()
-            .map(|l| Some(triple(l["op"].as_str()?, l["object"].as_str()?, l["reason"].as_str()?)))
-            .collect::<Option<_>>()?;
-        (done == expected).then_some(())
+        (audited(&reg, false) == expected).then_some(())
     })
     .await;
+    let m = reg.metrics().await;
+    let did = |op: &str| metric_value(&m, "registrar_entry_ops_total", &[("op", op), ("outcome", "ok")]);
+    assert_eq!((did("create"), did("update"), did("delete")), (Some(2.0), Some(1.0), Some(1.0)), "{m}");
     let (code, text) = plan(&stack, &config, "text");
     assert_eq!(code, 0, "{text}");
     assert_eq!(text, "Plan: 0 to create, 0 to update, 0 to delete, 5 unchanged.\n");
