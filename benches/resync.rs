@@ -39,6 +39,7 @@ fn spec(td: &TrustDomain, node: usize, pod: usize) -> EntrySpec {
         dns_names: vec![],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }
 }
 
@@ -53,6 +54,7 @@ fn node_spec(td: &TrustDomain, node: usize) -> EntrySpec {
         dns_names: vec![],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }
 }
 

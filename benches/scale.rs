@@ -99,6 +99,7 @@ fn desired(size: &Size) -> Vec<EntrySpec> {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default(),
         })
         .collect();
     out.extend((0..size.pods).map(|p| EntrySpec {
@@ -111,6 +112,7 @@ fn desired(size: &Size) -> Vec<EntrySpec> {
         dns_names: vec![],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }));
     out
 }

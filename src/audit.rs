@@ -5,7 +5,8 @@
 //! fields `op` (`create`, `update`, `delete`), `entry_id`, `spiffe_id`, `parent_id`, `object`
 //! (the Kubernetes object the entry stands for: `pod <ns>/<name>`, `node <name>`,
 //! `cluster <name>`, `spiffeid <ns>/<name>`) and `reason` (a closed set, [`Reason`]); an update
-//! adds `changed` (the fields that differ, [`changed_fields`]).
+//! adds `changed` (the fields that differ, [`changed_fields`]: the entry's own and the managed
+//! `x509_svid_ttl`, `jwt_svid_ttl`, `hint`).
 //!
 //! Pure description ([`object_of`], [`changed_fields`], [`why_deleted`]) plus [`written`], which
 //! logs. Called by every writer once SPIRE confirmed the write: the node and cluster shards, pod
@@ -160,6 +161,15 @@ pub fn changed_fields(old: &EntrySpec, new: &EntrySpec) -> Vec<&'static str> {
     if old.downstream != new.downstream {
         out.push("downstream");
     }
+    if old.managed.x509_svid_ttl != new.managed.x509_svid_ttl {
+        out.push("x509_svid_ttl");
+    }
+    if old.managed.jwt_svid_ttl != new.managed.jwt_svid_ttl {
+        out.push("jwt_svid_ttl");
+    }
+    if old.managed.hint != new.managed.hint {
+        out.push("hint");
+    }
     out
 }
 
@@ -261,6 +271,10 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(changed_fields(&old, &new), ["dns_names", "federates_with", "downstream"]);
+        let mut managed = old.clone();
+        managed.managed.x509_svid_ttl = 3600;
+        managed.managed.hint = "kwr".into();
+        assert_eq!(changed_fields(&old, &managed), ["x509_svid_ttl", "hint"]);
         let moved = with(&[("k8s", "ns:b")]);
         assert_eq!(changed_fields(&sample_spec(), &moved), ["selectors"]);
     }

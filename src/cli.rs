@@ -217,6 +217,9 @@ CONFIGURATION (HCL; unknown keys and keys of another mode are errors):
     resync_interval       full resync period, e.g. \"30s\", \"5m\"   [\"60s\"]
     dry_run               webhook/reconcile: write nothing to SPIRE, log and count the
                           writes it would make (elects on its own \"-dry-run\" lock) [false]
+    x509_svid_ttl         webhook/reconcile: X509-SVID TTL of every entry, e.g. \"1h\" [0 = server default]
+    jwt_svid_ttl          webhook/reconcile: JWT-SVID TTL of every entry         [0 = server default]
+    entry_hint            webhook/reconcile: hint on every entry (entry show)    [\"\" = none]
   webhook mode:
     addr [\":8443\"]  cert_path [\"cert.pem\"]  key_path [\"key.pem\"]  cacert_path [\"cacert.pem\"]
     insecure_skip_client_verification [false]  metrics_addr [\":8080\"; \"0\" disables]

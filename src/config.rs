@@ -44,6 +44,9 @@ pub struct Config {
     /// `dry_run`: run normally but send no write to SPIRE (`spire::dry_run`); reconcile and
     /// webhook modes.
     pub dry_run: bool,
+    /// `x509_svid_ttl`, `jwt_svid_ttl`, `entry_hint`: set on every entry (reconcile and webhook
+    /// modes; crd mode's entries follow their SpiffeID, whose schema has no such fields).
+    pub managed: crate::model::Managed,
     pub mode: Mode,
 }
 
@@ -494,6 +497,9 @@ const KEYS: &[(&str, &[ModeName])] = &[
     ("disabled_namespaces", ALL),
     ("resync_interval", ALL),
     ("dry_run", WEBHOOK_RECONCILE),
+    ("x509_svid_ttl", WEBHOOK_RECONCILE),
+    ("jwt_svid_ttl", WEBHOOK_RECONCILE),
+    ("entry_hint", WEBHOOK_RECONCILE),
     ("addr", WEBHOOK),
     ("cert_path", WEBHOOK),
     ("key_path", WEBHOOK),
@@ -547,6 +553,9 @@ struct RawConfig {
     disabled_namespaces: Option<Vec<String>>,
     resync_interval: Option<String>,
     dry_run: Option<bool>,
+    x509_svid_ttl: Option<String>,
+    jwt_svid_ttl: Option<String>,
+    entry_hint: Option<String>,
     addr: Option<String>,
     cert_path: Option<String>,
     key_path: Option<String>,
@@ -807,6 +816,7 @@ fn validate(raw: &RawConfig, present: &BTreeSet<String>, ck: &mut Check) -> Opti
     let disabled_namespaces =
         ck.list("disabled_namespaces", &raw.disabled_namespaces, DEFAULT_DISABLED_NAMESPACES);
 
+    let managed = managed(raw, ck);
     let mode_name = ck.parsed("mode", &raw.mode, ModeName::Webhook, ModeName::parse).ok();
     // With an invalid mode we can't tell which keys belong, so mode-specific checks are skipped.
     let mode = mode_name.map(|name| {
@@ -828,8 +838,40 @@ fn validate(raw: &RawConfig, present: &BTreeSet<String>, ck: &mut Check) -> Opti
         id_source: id_source?,
         disabled_namespaces: disabled_namespaces.into_iter().collect(),
         dry_run: raw.dry_run.unwrap_or(false),
+        managed: managed?,
         mode: mode?,
     })
+}
+
+/// Longest `entry_hint` SPIRE accepts.
+const MAX_HINT: usize = 1024;
+
+fn managed(raw: &RawConfig, ck: &mut Check) -> Option<crate::model::Managed> {
+    // SPIRE stores TTLs as int32 seconds; 0 means the server's default.
+    let ttl = |d: Duration| -> Result<i32, String> {
+        if d.subsec_nanos() != 0 {
+            return Err("must be whole seconds (SPIRE stores TTLs in seconds)".into());
+        }
+        i32::try_from(d.as_secs()).map_err(|_| format!("at most {}s", i32::MAX))
+    };
+    let parse = |s: &str| -> Result<i32, String> {
+        match s.trim() {
+            "0" => Ok(0),
+            other => ttl(parse_duration(other)?),
+        }
+    };
+    let x509 = ck.parsed("x509_svid_ttl", &raw.x509_svid_ttl, 0, parse);
+    let jwt = ck.parsed("jwt_svid_ttl", &raw.jwt_svid_ttl, 0, parse);
+    let hint = ck.parsed("entry_hint", &raw.entry_hint, String::new(), |s| {
+        if s.chars().count() > MAX_HINT {
+            Err(format!("at most {MAX_HINT} characters"))
+        } else if s.chars().any(char::is_control) {
+            Err("must not contain control characters".into())
+        } else {
+            Ok(s.to_string())
+        }
+    });
+    Some(crate::model::Managed { x509_svid_ttl: x509.ok()?, jwt_svid_ttl: jwt.ok()?, hint: hint.ok()? })
 }
 
 fn server_address(raw: &RawConfig, ck: &mut Check) -> Option<ServerAddress> {
@@ -1430,6 +1472,11 @@ resync_interval = "1m30s"
                 c.id_source == IdSource::Annotation("spiffe.io/id".into())
             }),
             ("resync_interval = \"1500ms\"", |c| c.mode.resync_interval() == Duration::from_millis(1500)),
+            ("x509_svid_ttl = \"1h\"", |c| c.managed.x509_svid_ttl == 3600 && c.managed.jwt_svid_ttl == 0),
+            ("jwt_svid_ttl = \"5m\"", |c| c.managed.jwt_svid_ttl == 300),
+            ("x509_svid_ttl = \"0\"", |c| c.managed.x509_svid_ttl == 0),
+            ("entry_hint = \"kwr/demo\"", |c| c.managed.hint == "kwr/demo"),
+            ("dry_run = true", |c| c.dry_run),
             ("resync_interval = \"2h\"", |c| c.mode.resync_interval() == Duration::from_secs(7200)),
             ("addr = \"127.0.0.1:443\"", |c| matches!(&c.mode, Mode::Webhook(w) if w.addr.port() == 443)),
         ];
@@ -1535,6 +1582,14 @@ cluster = "c"
             (with("mode = \"crd\"\nmetrics_bind_addr = \"8080\""), &["key \"metrics_bind_addr\""]),
             (with("resync_interval = \"30\""), &["key \"resync_interval\"", "invalid duration"]),
             (with("resync_interval = \"0s\""), &["key \"resync_interval\"", "greater than zero"]),
+            (with("x509_svid_ttl = \"1500ms\""), &["key \"x509_svid_ttl\"", "whole seconds"]),
+            (
+                with("jwt_svid_ttl = \"1h1h\"\nx509_svid_ttl = \"900000h\""),
+                &["key \"x509_svid_ttl\"", "at most"],
+            ),
+            (with("entry_hint = \"a\\nb\""), &["key \"entry_hint\"", "control characters"]),
+            (with("mode = \"crd\"\ndry_run = true"), &["dry_run"]),
+            (with("mode = \"crd\"\nx509_svid_ttl = \"1h\""), &["x509_svid_ttl"]),
             (
                 with("mode = \"crd\"\npod_label = \"l\"\nidentity_template = \"x\""),
                 &["can only use one of identity_template, pod_annotation, or pod_label"],

@@ -161,6 +161,7 @@ mod tests {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default(),
         }
     }
 
@@ -310,6 +311,7 @@ mod tests {
                 dns_names: dns.into_iter().map(|d| format!("d{d}.example")).collect(),
                 federates_with: federation.into_iter().map(|f| format!("td{f}.org")).collect(),
                 downstream,
+                managed: Default::default(),
             })
     }
 

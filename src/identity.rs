@@ -56,7 +56,7 @@ use std::{
 
 use crate::{
     id::{DnsError, IdError, SpiffeId, TrustDomain, validate_segment},
-    model::{EntrySpec, Selector},
+    model::{EntrySpec, Managed, Selector},
 };
 
 /// The pod annotation listing the trust domains a workload federates with.
@@ -148,6 +148,8 @@ pub struct Naming {
     pub disabled_namespaces: BTreeSet<String>,
     /// `Some(zone)` when pod DNS names are enabled (`add_pod_dns_names`).
     pub pod_dns_zone: Option<String>,
+    /// TTLs and hint set on every entry (`x509_svid_ttl`, `jwt_svid_ttl`, `entry_hint`).
+    pub managed: Managed,
 }
 
 /// The object an [`IdentityError`] is about, so the shell can attach an Event to it.
@@ -315,6 +317,7 @@ impl Naming {
             dns_names: Vec::new(),
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: self.managed.clone(),
         })
     }
 
@@ -362,6 +365,7 @@ impl Naming {
             dns_names,
             federates_with,
             downstream: false,
+            managed: self.managed.clone(),
         };
         Ok(Some(Desired { spec, rejected_dns_names }))
     }
@@ -412,6 +416,7 @@ impl Naming {
             dns_names: Vec::new(),
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: self.managed.clone(),
         })
     }
 
@@ -431,6 +436,7 @@ impl Naming {
             dns_names: Vec::new(),
             federates_with: self.federates_with(pod)?,
             downstream: false,
+            managed: self.managed.clone(),
         }))
     }
 

@@ -40,6 +40,19 @@ impl fmt::Display for Selector {
 /// Invariants (upheld by the constructors in `identity`): `dns_names` are valid, trimmed and
 /// de-duplicated (SPIRE reports them in varying order, so equality ignores their order); `federates_with`
 /// holds bare, valid trust-domain names.
+/// Entry fields the operator sets for every entry the registrar writes (config `x509_svid_ttl`,
+/// `jwt_svid_ttl`, `entry_hint`); `0` and `""` leave SPIRE's defaults. Compared like every other
+/// field, so a changed setting converges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Managed {
+    /// Seconds; 0 = the server's default.
+    pub x509_svid_ttl: i32,
+    /// Seconds; 0 = the server's default.
+    pub jwt_svid_ttl: i32,
+    /// Shown by `spire-server entry show` (SPIRE ≥ 1.9).
+    pub hint: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntrySpec {
     pub spiffe_id: SpiffeId,
@@ -48,6 +61,7 @@ pub struct EntrySpec {
     pub dns_names: Vec<String>,
     pub federates_with: BTreeSet<String>,
     pub downstream: bool,
+    pub managed: Managed,
 }
 
 /// A small valid entry (`/w` under `/p`, selector `k8s:ns:a`) for unit tests that need one whose
@@ -62,6 +76,7 @@ pub(crate) fn sample_spec() -> EntrySpec {
         dns_names: Vec::new(),
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }
 }
 
@@ -81,6 +96,7 @@ impl EntrySpec {
             && self.federates_with == other.federates_with
             && self.downstream == other.downstream
             && sorted(&self.dns_names) == sorted(&other.dns_names)
+            && self.managed == other.managed
     }
 }
 

@@ -166,6 +166,15 @@ fn field(spec: &EntrySpec, name: &str) -> String {
         }
         "federates_with" => list(spec.federates_with.iter().cloned().collect()),
         "downstream" => spec.downstream.to_string(),
+        "x509_svid_ttl" => format!("{}s", spec.managed.x509_svid_ttl),
+        "jwt_svid_ttl" => format!("{}s", spec.managed.jwt_svid_ttl),
+        "hint" => {
+            if spec.managed.hint.is_empty() {
+                "-".into()
+            } else {
+                format!("{:?}", spec.managed.hint)
+            }
+        }
         _ => String::new(),
     }
 }
@@ -228,6 +237,9 @@ fn spec_json(spec: &EntrySpec) -> serde_json::Value {
         "dns_names": dns,
         "federates_with": spec.federates_with,
         "downstream": spec.downstream,
+        "x509_svid_ttl": spec.managed.x509_svid_ttl,
+        "jwt_svid_ttl": spec.managed.jwt_svid_ttl,
+        "hint": spec.managed.hint,
     })
 }
 

@@ -26,6 +26,7 @@ pub(crate) fn naming(cfg: &Config, rc: &ReconcileConfig) -> Result<Naming, Error
         id_source: cfg.id_source.clone(),
         disabled_namespaces: cfg.disabled_namespaces.clone(),
         pod_dns_zone: rc.add_pod_dns_names.then(|| rc.cluster_dns_zone.clone()),
+        managed: cfg.managed.clone(),
     };
     naming.validate()?;
     Ok(naming)

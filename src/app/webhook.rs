@@ -39,6 +39,7 @@ pub(crate) fn naming(cfg: &Config) -> Result<Naming, Error> {
         id_source: cfg.id_source.clone(),
         disabled_namespaces: cfg.disabled_namespaces.clone(),
         pod_dns_zone: None,
+        managed: cfg.managed.clone(),
     };
     naming.validate()?;
     Ok(naming)

@@ -130,7 +130,15 @@ pub fn entry_spec(spec: &SpiffeIdSpec, td: &TrustDomain) -> Result<EntrySpec, Sp
     if selectors.is_empty() {
         return Err(SpecError::EmptySelector);
     }
-    Ok(EntrySpec { spiffe_id, parent_id, selectors, dns_names, federates_with, downstream: spec.downstream })
+    Ok(EntrySpec {
+        spiffe_id,
+        parent_id,
+        selectors,
+        dns_names,
+        federates_with,
+        downstream: spec.downstream,
+        managed: Default::default(),
+    })
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ mod tests {
             dns_names: vec!["a.shop".into()],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default(),
         }
     }
 

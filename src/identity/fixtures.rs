@@ -16,6 +16,7 @@ impl Naming {
             id_source: IdSource::ServiceAccount,
             disabled_namespaces: BTreeSet::from(["kube-system".to_string()]),
             pod_dns_zone: None,
+            managed: Default::default(),
         }
     }
 

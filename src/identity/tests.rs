@@ -65,6 +65,7 @@ fn node_entry_is_parented_to_the_server() {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default()
         }
     );
 }
@@ -101,6 +102,7 @@ fn service_account_mode_pod_entry() {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default()
         }
     );
     assert_eq!(spec.selectors, pod_selectors("default", "web"));
@@ -445,6 +447,7 @@ fn webhook_cluster_entry_and_pod_entries() {
             dns_names: vec![],
             federates_with: BTreeSet::from(["a.org".to_string()]),
             downstream: false,
+            managed: Default::default()
         }
     );
     assert!(naming.webhook_owns(&spec));

@@ -419,8 +419,8 @@ impl SpireClient {
         })
     }
 
-    /// Overwrites entries (no input mask: every field is replaced, so the request carries the
-    /// complete entry). One result per input.
+    /// Updates entries: every field the registrar manages is replaced (`convert::managed_mask`),
+    /// the others are left as they are. One result per input.
     pub async fn update_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry, ItemError>>> {
         if let Some(mut overlay) = self.overlay() {
             return Ok(entries
@@ -435,7 +435,7 @@ impl SpireClient {
         for chunk in entries.chunks(UPDATE_BATCH) {
             let req = api::BatchUpdateEntryRequest {
                 entries: chunk.iter().map(|e| spec_to_proto(&e.id, &e.spec)).collect(),
-                input_mask: None,
+                input_mask: Some(super::convert::managed_mask()),
                 output_mask: None,
             };
             let resp = self

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::proto::types;
 use crate::{
     id::{SpiffeId, TrustDomain},
-    model::{Entry, EntrySpec, Selector},
+    model::{Entry, EntrySpec, Managed, Selector},
 };
 
 pub fn id_to_proto(id: &SpiffeId) -> types::Spiffeid {
@@ -34,6 +34,26 @@ pub fn spec_to_proto(id: &str, spec: &EntrySpec) -> types::Entry {
         federates_with: spec.federates_with.iter().cloned().collect(),
         dns_names: spec.dns_names.clone(),
         downstream: spec.downstream,
+        x509_svid_ttl: spec.managed.x509_svid_ttl,
+        jwt_svid_ttl: spec.managed.jwt_svid_ttl,
+        hint: spec.managed.hint.clone(),
+        ..Default::default()
+    }
+}
+
+/// The fields an update writes: exactly those of [`EntrySpec`], so fields the registrar does not
+/// manage (`admin`, `store_svid`, `expires_at`, …, set by an operator) are left alone.
+pub fn managed_mask() -> types::EntryMask {
+    types::EntryMask {
+        spiffe_id: true,
+        parent_id: true,
+        selectors: true,
+        federates_with: true,
+        dns_names: true,
+        downstream: true,
+        x509_svid_ttl: true,
+        jwt_svid_ttl: true,
+        hint: true,
         ..Default::default()
     }
 }
@@ -52,6 +72,11 @@ pub fn entry_from_proto(e: &types::Entry) -> Result<Entry, super::Error> {
             .map(|td| td.strip_prefix("spiffe://").unwrap_or(td).to_string())
             .collect::<BTreeSet<_>>(),
         downstream: e.downstream,
+        managed: Managed {
+            x509_svid_ttl: e.x509_svid_ttl,
+            jwt_svid_ttl: e.jwt_svid_ttl,
+            hint: e.hint.clone(),
+        },
     };
     Ok(Entry { id: e.id.clone(), spec })
 }

@@ -213,6 +213,7 @@ async fn a_new_leader_repairs_writes_that_land_after_its_promotion() {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default(),
         }])
         .await
         .unwrap()

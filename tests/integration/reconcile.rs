@@ -359,3 +359,80 @@ async fn spire_rejections_are_reported_once_and_not_retried() {
     )
     .await;
 }
+
+/// `x509_svid_ttl`, `jwt_svid_ttl` and `entry_hint` reach every entry, a changed setting
+/// converges on restart as an update of just those fields, and fields the registrar does not
+/// manage (here `admin`, set by an operator) are left alone by its updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_fields_converge_on_restart_and_others_are_left_alone() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    let web_of = |entries: &[serde_json::Value]| {
+        entries.iter().find(|e| e["spiffe_id"]["path"] == "/ns/shop/sa/web").cloned()
+    };
+    let shown = |ttl: i64, jwt: i64, hint: &'static str| {
+        let spire = &stack.spire;
+        move || async move {
+            let entries = spire.cli_entries();
+            let all_set = entries.len() == 2
+                && entries
+                    .iter()
+                    .all(|e| e["x509_svid_ttl"] == ttl && e["jwt_svid_ttl"] == jwt && e["hint"] == hint);
+            all_set.then_some(entries)
+        }
+    };
+
+    let extra = "x509_svid_ttl = \"1h\"\njwt_svid_ttl = \"5m\"\nentry_hint = \"kwr/c1\"\n";
+    let reg = Registrar::start(&stack, "first", "c1", extra).await;
+    reg.wait_ready().await;
+    let entries =
+        eventually("TTLs and hint on every entry", Duration::from_secs(30), shown(3600, 300, "kwr/c1")).await;
+    assert_eq!(reg.proc.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // An operator marks the pod's entry admin (a field the registrar does not manage).
+    let web = web_of(&entries).expect("web's entry");
+    let id = web["id"].as_str().unwrap().to_string();
+    let out = stack.spire.cli(&[
+        "entry",
+        "update",
+        "-entryID",
+        &id,
+        "-spiffeID",
+        "spiffe://example.org/ns/shop/sa/web",
+        "-parentID",
+        "spiffe://example.org/spire-k8s-registrar/c1/node/n1",
+        "-selector",
+        "k8s:ns:shop",
+        "-selector",
+        "k8s:pod-name:web",
+        "-x509SVIDTTL",
+        "3600",
+        "-jwtSVIDTTL",
+        "300",
+        "-hint",
+        "kwr/c1",
+        "-admin",
+    ]);
+    assert!(out.status.success(), "entry update: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Restarted with other settings: every entry is updated to them, in place (same IDs), and
+    // the admin flag survives.
+    let extra = "x509_svid_ttl = \"2h\"\nentry_hint = \"kwr/c1/v2\"\nlog_format = \"json\"\n";
+    let reg = Registrar::start(&stack, "second", "c1", extra).await;
+    let entries = eventually("the new settings", Duration::from_secs(30), shown(7200, 0, "kwr/c1/v2")).await;
+    let web = web_of(&entries).unwrap();
+    assert_eq!(web["id"], id.as_str(), "updated in place");
+    assert_eq!(web["admin"], true, "a field the registrar does not manage was reset: {web}");
+    let audit = eventually("two audited updates", Duration::from_secs(30), || async {
+        let a = audit_lines(&reg.proc.log_text());
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    for l in &audit {
+        assert_eq!((&l["op"], &l["reason"]), (&"update".into(), &"changed".into()), "{l}");
+        assert_eq!(l["changed"], "x509_svid_ttl,jwt_svid_ttl,hint", "{l}");
+    }
+}

@@ -32,6 +32,7 @@ async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
+            managed: Default::default(),
         }])
         .await
         .unwrap()

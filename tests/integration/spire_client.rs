@@ -21,6 +21,7 @@ fn spec(path: &str, parent: &str, pod: &str) -> EntrySpec {
         dns_names: vec![],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }
 }
 

@@ -163,6 +163,7 @@ fn spec(path: &str) -> EntrySpec {
         dns_names: vec!["tcp.t.svc".into()],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ async fn stack_is_real() {
         dns_names: vec!["web.stack-test.svc".into()],
         federates_with: BTreeSet::new(),
         downstream: false,
+        managed: Default::default(),
     };
     let created = spire.create_entries(std::slice::from_ref(&spec)).await.unwrap();
     let created = created.into_iter().next().unwrap().expect("entry created");

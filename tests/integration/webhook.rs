@@ -405,6 +405,7 @@ async fn chart_rbac_and_config_serve_webhook_mode() {
             dns_names: vec![],
             federates_with: Default::default(),
             downstream: false,
+            managed: Default::default(),
         }])
         .await
         .unwrap();
