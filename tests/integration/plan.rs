@@ -226,3 +226,88 @@ async fn plan_in_webhook_mode_covers_pods_admitted_while_no_webhook_ran() {
     assert!(bad.metadata.uid.is_some());
     assert!(all_shown(&spire).await.is_empty(), "plan wrote to SPIRE");
 }
+
+/// `spire-server entry create` with the given fields; returns the new entry's ID.
+fn cli_create(spire: &Spire, spiffe_id: &str, parent_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+    let mut args = vec!["entry", "create", "-spiffeID", spiffe_id, "-parentID", parent_id, "-output", "json"];
+    for s in selectors {
+        args.extend(["-selector", s]);
+    }
+    args.extend(extra);
+    let out = spire.cli(&args);
+    assert!(out.status.success(), "entry create: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["results"][0]["entry"]["id"].as_str().expect("created entry id").to_string()
+}
+
+/// A registrar started over entries the original Go registrar wrote (reconcile mode's shapes)
+/// adopts the ones that match without a single write, and changes only what differs — which
+/// `plan` shows beforehand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_of_the_original_registrars_entries_writes_only_the_differences() {
+    let stack = stack_with_spire_telemetry().await;
+    let k = stack.kube.client().await;
+    set_bundle(&stack.spire, stack.dir.path(), "other.org");
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    pod("shop", "api").on("n1").sa("api").annotation("spiffe.io/federatesWith", "other.org").create(&k).await;
+    // The original's entries: the node alias, and the pods' entries under it — api's without the
+    // federation its annotation asks for (the original did not compare federates_with).
+    let td = "spiffe://example.org";
+    let alias = format!("{td}/spire-k8s-registrar/c1/node/n1");
+    let ids = [
+        cli_create(
+            &stack.spire,
+            &alias,
+            &format!("{td}/spire/server"),
+            &["k8s_psat:cluster:c1", "k8s_psat:agent_node_name:n1"],
+            &[],
+        ),
+        cli_create(
+            &stack.spire,
+            &format!("{td}/ns/shop/sa/web"),
+            &alias,
+            &["k8s:ns:shop", "k8s:pod-name:web"],
+            &[],
+        ),
+        cli_create(
+            &stack.spire,
+            &format!("{td}/ns/shop/sa/api"),
+            &alias,
+            &["k8s:ns:shop", "k8s:pod-name:api"],
+            &[],
+        ),
+    ];
+    let config = stack.dir.path().join("takeover.conf");
+    std::fs::write(&config, crate::registrar::base_config(&stack, "c1", 0, "")).unwrap();
+
+    let (code, out) = plan(&stack, &config, "json");
+    assert_eq!(code, 3, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(changes(&json), BTreeSet::from([triple("update", "pod shop/api", "changed")]), "{json:#}");
+    assert_eq!(json["changes"][0]["changed"], serde_json::json!(["federates_with"]));
+    assert_eq!(json["changes"][0]["entry_id"], ids[2].as_str());
+    assert_eq!(json["unchanged"], 2);
+
+    let writes = spire_writes(&stack.spire).await;
+    let reg = Registrar::start(&stack, "takeover", "c1", "log_format = \"json\"\n").await;
+    reg.wait_ready().await;
+    let spire = stack.spire.client();
+    eventually("api's federation synced", Duration::from_secs(30), || async {
+        let api = all_entries(&spire).await.into_iter().find(|e| e.id == ids[2])?;
+        (api.spec.federates_with.len() == 1).then_some(())
+    })
+    .await;
+    // Exactly one write call (the update), no entry re-created: the IDs are the original's.
+    let (code, text) = plan(&stack, &config, "text");
+    assert_eq!((code, text.as_str()), (0, "Plan: 0 to create, 0 to update, 0 to delete, 3 unchanged.\n"));
+    assert_eq!(spire_writes(&stack.spire).await, writes + 1.0);
+    let mut now: Vec<String> = all_entries(&spire).await.into_iter().map(|e| e.id).collect();
+    now.sort();
+    let mut before = ids.to_vec();
+    before.sort();
+    assert_eq!(now, before);
+    let audit = audited(&reg, false);
+    assert_eq!(audit, BTreeSet::from([triple("update", "pod shop/api", "changed")]));
+}

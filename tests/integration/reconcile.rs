@@ -436,3 +436,60 @@ async fn managed_fields_converge_on_restart_and_others_are_left_alone() {
         assert_eq!(l["changed"], "x509_svid_ttl,jwt_svid_ttl,hint", "{l}");
     }
 }
+
+/// Two clusters (two registrars with different `cluster` values) on one SPIRE server never
+/// touch each other's entries: every write of each is under its own cluster's path, and each
+/// keeps its entries through the other's start-up, resyncs and deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_on_one_spire_server_never_touch_each_others_entries() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    pod("shop", "api").on("n1").sa("api").create(&k).await;
+    let json = "log_format = \"json\"\n";
+    let east = Registrar::start(&stack, "east", "east", json).await;
+    let c1 = |c: &str| {
+        vec![
+            node_entry(c, "n1"),
+            pod_entry(c, "n1", "shop", "web", "/ns/shop/sa/web"),
+            pod_entry(c, "n1", "shop", "api", "/ns/shop/sa/api"),
+        ]
+    };
+    converge(&spire, c1("east")).await;
+    let east_ids: Vec<String> = {
+        let mut v: Vec<String> = all_entries(&spire).await.into_iter().map(|e| e.id).collect();
+        v.sort();
+        v
+    };
+    // The second cluster's registrar (here on the same API server, which makes the overlap
+    // complete: the same nodes, pods and SPIFFE IDs) adds its own entries beside them.
+    let west = Registrar::start(&stack, "west", "west", json).await;
+    converge(&spire, [c1("east"), c1("west")].concat()).await;
+    let mut still: Vec<String> = all_entries(&spire)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.spec.parent_id.to_string().contains("/east/") || e.spec.spiffe_id.to_string().contains("/east/")
+        })
+        .map(|e| e.id)
+        .collect();
+    still.sort();
+    assert_eq!(still, east_ids, "east's entries were re-written");
+    // A pod goes: each removes its own entry.
+    delete_pod(&k, "shop", "api").await;
+    let mut rest = [c1("east"), c1("west")].concat();
+    rest.retain(|e| !e.spiffe_id.ends_with("/sa/api"));
+    converge(&spire, rest).await;
+    for (reg, cluster) in [(&east, "east"), (&west, "west")] {
+        let audit = audit_lines(&reg.proc.log_text());
+        assert!(!audit.is_empty());
+        for l in &audit {
+            let under =
+                |k: &str| l[k].as_str().unwrap().contains(&format!("/spire-k8s-registrar/{cluster}/"));
+            assert!(under("parent_id") || under("spiffe_id"), "{cluster} wrote outside its path: {l}");
+        }
+    }
+}
