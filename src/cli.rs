@@ -185,7 +185,7 @@ USAGE:
                                                     print what the registrar would create, update
                                                     and delete in SPIRE, writing nothing; exit 0
                                                     when nothing is pending, 3 when changes are,
-                                                    1 on errors (reconcile and webhook modes)
+                                                    1 on errors
     k8s-workload-registrar -version                 print the version
     k8s-workload-registrar -help                    print this help
 

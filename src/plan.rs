@@ -10,15 +10,27 @@
 //! 2. Each scope's desired entries are `scope::for_node` / `scope::for_cluster`, its changes
 //!    `diff::diff` — exactly what a shard would write, without the cluster shard's delete grace
 //!    (a plan shows where the registrar converges to).
-//! 3. Every change says why (`audit::Reason`), updates which fields change (old → new).
-//! 4. Changes are listed by scope, then by object, then create, update, delete.
+//! 3. crd mode ([`for_spiffeids`]): the SpiffeIDs as the projector would leave them, each one's
+//!    entry as the SpiffeID controller would write it (`crd::policy`, `crd::plan`); scopes are
+//!    namespaces; a SpiffeID the projector would create has no entry ID yet.
+//! 4. Every change says why (`audit::Reason`), updates which fields change (old → new).
+//! 5. Changes are listed by scope, then by object, then create, update, delete.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 
 use serde_json::json;
 
 use crate::{
     audit::{self, Object, Op, Reason},
+    crd::{
+        plan::{EntryPlan, entry_id, plan as crd_plan},
+        policy::Policy,
+        projection::Projection,
+        resource::SpiffeID,
+    },
     diff::{EntryOp, diff},
     identity::Naming,
     k8s::cache::ClusterCache,
@@ -47,6 +59,8 @@ pub struct Change {
 /// Everything `plan` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// What a scope is: `node`, `cluster` or (crd mode) `namespace`.
+    pub scope_kind: &'static str,
     pub changes: Vec<Change>,
     /// Owned entries already as desired.
     pub unchanged: usize,
@@ -74,7 +88,13 @@ pub fn for_cluster(mode: ShardMode, naming: &Naming, cache: &ClusterCache, entri
         ShardMode::PerNode => cache.node_names().into_iter().chain(owned.keys().cloned()).collect(),
         ShardMode::Cluster => BTreeSet::from([CLUSTER.to_string()]),
     };
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        scope_kind: match mode {
+            ShardMode::PerNode => "node",
+            ShardMode::Cluster => "cluster",
+        },
+        ..Plan::default()
+    };
     for s in scopes {
         let actual = owned.remove(&s).unwrap_or_default();
         let desired = match mode {
@@ -96,6 +116,159 @@ pub fn for_cluster(mode: ShardMode, naming: &Naming, cache: &ClusterCache, entri
         plan.changes.extend(changes);
     }
     plan
+}
+
+/// The plan of crd mode: the SpiffeIDs there are (`sids`) as the projector would leave them
+/// (`projection`, with `pod_controller`), each SpiffeID's entry as the controller would write it
+/// (`crd::policy`, `crd::plan`), against the entries in SPIRE. `why_gone` explains why the
+/// projector deletes a SpiffeID it owns (from its owner reference). Scopes are namespaces.
+pub fn for_spiffeids(
+    policy: &Policy,
+    projection: Option<Projection>,
+    sids: &[std::sync::Arc<SpiffeID>],
+    entries: Vec<Entry>,
+    why_gone: impl Fn(&OwnerReference) -> Reason,
+) -> Plan {
+    let mut plan = Plan { scope_kind: "namespace", ..Plan::default() };
+    let mut by_spiffe: HashMap<String, Vec<Entry>> = HashMap::new();
+    for e in &entries {
+        by_spiffe.entry(e.spec.spiffe_id.to_string()).or_default().push(e.clone());
+    }
+    let by_id: HashMap<String, Entry> = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let (want, problems) = match projection {
+        Some(p) => (Some(p.want), p.problems),
+        None => (None, Vec::new()),
+    };
+    for (pod, e) in problems {
+        plan.problems.push(format!("pod {}/{}: {e}", pod.namespace, pod.name));
+    }
+    let mut seen = BTreeSet::new();
+    for sid in sids {
+        let (ns, name, uid) =
+            (sid.namespace().unwrap_or_default(), sid.name_any(), sid.uid().unwrap_or_default());
+        let key = (ns.clone(), name.clone());
+        seen.insert(key.clone());
+        let object = Object::SpiffeId { namespace: ns.clone(), name: name.clone() };
+        let own = entry_id(&uid).and_then(|id| by_id.get(&id));
+        let ours = crate::crd::projection::our_owner(sid);
+        let wanted = want.as_ref().and_then(|w| w.get(&key));
+        let gone = match (&want, ours) {
+            _ if sid.metadata.deletion_timestamp.is_some() => Some(Reason::SpiffeIdDeleted),
+            (Some(_), Some(owner)) if wanted.is_none() => Some(why_gone(owner)),
+            _ => None,
+        };
+        if let Some(reason) = gone {
+            if let Some(e) = own {
+                plan.changes.push(delete(&ns, e, object, reason));
+            }
+            continue;
+        }
+        let spec = match (wanted, ours) {
+            (Some(w), Some(_)) => &w.spec,
+            _ => &sid.spec,
+        };
+        entry_change(&mut plan, policy, &ns, object, entry_id(&uid), spec, own, &by_spiffe);
+    }
+    for (key, w) in want.iter().flatten() {
+        if seen.contains(key) {
+            continue;
+        }
+        // A SpiffeID the projector would create: its UID, so its entry's ID, is not known yet.
+        let object = Object::SpiffeId { namespace: key.0.clone(), name: key.1.clone() };
+        entry_change(&mut plan, policy, &key.0, object, None, &w.spec, None, &by_spiffe);
+    }
+    plan.changes.sort_by_cached_key(|c| (c.scope.clone(), c.object.to_string(), c.op as u8));
+    plan
+}
+
+fn delete(scope: &str, e: &Entry, object: Object, reason: Reason) -> Change {
+    Change {
+        scope: scope.to_string(),
+        op: Op::Delete,
+        entry_id: Some(e.id.clone()),
+        object,
+        reason,
+        old: Some(e.spec.clone()),
+        new: None,
+        changed: Vec::new(),
+    }
+}
+
+/// The change (if any) the SpiffeID controller makes for one SpiffeID's entry.
+#[allow(clippy::too_many_arguments)]
+fn entry_change(
+    plan: &mut Plan,
+    policy: &Policy,
+    ns: &str,
+    object: Object,
+    own_id: Option<String>,
+    spec: &crate::crd::resource::SpiffeIdSpec,
+    own: Option<&Entry>,
+    by_spiffe: &HashMap<String, Vec<Entry>>,
+) {
+    let desired = match policy.entry(ns, spec) {
+        Ok(d) => d,
+        Err(e) => {
+            match own {
+                Some(e) => plan.changes.push(delete(ns, e, object, Reason::InvalidSpec)),
+                None => plan.problems.push(format!("{object}: {e}")),
+            }
+            return;
+        }
+    };
+    let same_id = by_spiffe.get(&desired.spiffe_id.to_string()).cloned().unwrap_or_default();
+    let Some(own_id) = own_id else {
+        let conflict = same_id
+            .iter()
+            .find(|e| e.spec.parent_id == desired.parent_id && e.spec.selectors == desired.selectors);
+        match conflict {
+            Some(other) => plan.problems.push(format!("{object}: conflicts with entry {}", other.id)),
+            None => plan.changes.push(Change {
+                scope: ns.to_string(),
+                op: Op::Create,
+                entry_id: None,
+                object,
+                reason: Reason::New,
+                old: None,
+                new: Some(desired),
+                changed: Vec::new(),
+            }),
+        }
+        return;
+    };
+    match crd_plan(&own_id, &desired, own, &same_id) {
+        EntryPlan::Keep => plan.unchanged += 1,
+        EntryPlan::Create(e) => plan.changes.push(Change {
+            scope: ns.to_string(),
+            op: Op::Create,
+            entry_id: Some(e.id),
+            object,
+            reason: Reason::New,
+            old: None,
+            new: Some(e.spec),
+            changed: Vec::new(),
+        }),
+        EntryPlan::Update(e) => {
+            let old = own.map(|o| o.spec.clone());
+            let changed = old.as_ref().map(|o| audit::changed_fields(o, &e.spec)).unwrap_or_default();
+            plan.changes.push(Change {
+                scope: ns.to_string(),
+                op: Op::Update,
+                entry_id: Some(e.id),
+                object,
+                reason: Reason::Changed,
+                old,
+                new: Some(e.spec),
+                changed,
+            });
+        }
+        EntryPlan::Conflict { other, delete_own } => {
+            plan.problems.push(format!("{object}: conflicts with entry {other}"));
+            if let (true, Some(e)) = (delete_own, own) {
+                plan.changes.push(delete(ns, e, object, Reason::Conflict));
+            }
+        }
+    }
 }
 
 /// The ops of one scope as changes; `why_deleted` explains deletes.
@@ -186,7 +359,10 @@ pub fn render_text(plan: &Plan) -> String {
     let mut scope: Option<&str> = None;
     for c in &plan.changes {
         if scope != Some(c.scope.as_str()) {
-            let title = if c.scope == CLUSTER { "cluster".to_string() } else { format!("node {}", c.scope) };
+            let title = match plan.scope_kind {
+                "cluster" => "cluster".to_string(),
+                kind => format!("{kind} {}", c.scope),
+            };
             out.push_str(&format!("{title}:\n"));
             scope = Some(&c.scope);
         }
@@ -211,7 +387,7 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     if !plan.problems.is_empty() {
-        out.push_str("pods without an identity:\n");
+        out.push_str("without an entry:\n");
         for p in &plan.problems {
             out.push_str(&format!("  ! {p}\n"));
         }
@@ -280,6 +456,83 @@ mod tests {
     fn desired(naming: &Naming, cache: &ClusterCache) -> Vec<Entry> {
         let d = scope::for_node(naming, cache, "n1");
         d.specs.into_iter().enumerate().map(|(i, spec)| Entry { id: format!("e{i}"), spec }).collect()
+    }
+
+    #[test]
+    fn crd_mode_follows_the_projection_to_each_spiffeids_entry() {
+        use crate::crd::{
+            pods::PodRules,
+            projection::{Want, owner},
+            resource::SpiffeIdSpec,
+        };
+        let td = crate::id::TrustDomain::parse("example.org").unwrap();
+        let policy =
+            Policy { trust_domain: td.clone(), cluster: "c1".into(), own_namespace: Some("default".into()) };
+        let rules = PodRules {
+            trust_domain: td,
+            cluster: "c1".into(),
+            identity: crate::crd::pods::IdentityRule::from_config(
+                None,
+                &crate::identity::IdSource::ServiceAccount,
+            ),
+            identity_template_label: None,
+            dns_name_templates: Vec::new(),
+            context: Default::default(),
+            disabled_namespaces: Default::default(),
+        };
+        let node_spec = |n: &str, uid: &str| rules.node(n, uid).unwrap();
+        let sid = |ns: &str, name: &str, uid: &str, spec: SpiffeIdSpec, owned_by: Option<(&str, &str)>| {
+            let mut s = SpiffeID::new(name, spec);
+            s.metadata.namespace = Some(ns.into());
+            s.metadata.uid = Some(uid.into());
+            s.metadata.owner_references = owned_by.map(|(kind, uid)| vec![owner("v1", kind, name, uid)]);
+            std::sync::Arc::new(s)
+        };
+        let n1 = sid("default", "n1", "s1", node_spec("n1", "u1"), Some(("Node", "u1")));
+        let n2 = sid("default", "n2", "s2", node_spec("n2", "u2"), Some(("Node", "u2")));
+        let mut reserved = node_spec("x", "u9");
+        reserved.spiffe_id = "spiffe://example.org/spire/x".into();
+        reserved.parent_id = "spiffe://example.org/somewhere".into();
+        let manual = sid("shop", "x", "s3", reserved, None);
+        let entry = |s: &SpiffeID| Entry {
+            id: entry_id(s.metadata.uid.as_deref().unwrap()).unwrap(),
+            spec: policy.entry(s.metadata.namespace.as_deref().unwrap(), &s.spec).unwrap(),
+        };
+        let entries = vec![entry(&n1), entry(&n2)];
+        let want = |n: &str, uid: &str| Want {
+            spec: node_spec(n, uid),
+            label: ("nodeUid", uid.into()),
+            owner: owner("v1", "Node", n, uid),
+        };
+        let projection = Projection {
+            want: BTreeMap::from([
+                (("default".into(), "n1".into()), want("n1", "u1")),
+                (("default".into(), "n3".into()), want("n3", "u3")),
+            ]),
+            ..Projection::default()
+        };
+        let plan = for_spiffeids(&policy, Some(projection), &[n1, n2, manual], entries, |_| Reason::NodeGone);
+        let got: Vec<_> =
+            plan.changes.iter().map(|c| (c.op, c.object.to_string(), c.reason, c.entry_id.clone())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Op::Delete,
+                    "spiffeid default/n2".to_string(),
+                    Reason::NodeGone,
+                    Some("spiffeid-s2".to_string())
+                ),
+                (Op::Create, "spiffeid default/n3".to_string(), Reason::New, None),
+            ]
+        );
+        assert_eq!(plan.unchanged, 1);
+        assert!(
+            plan.problems.len() == 1 && plan.problems[0].starts_with("spiffeid shop/x: "),
+            "{:?}",
+            plan.problems
+        );
+        assert!(render_text(&plan).starts_with("namespace default:\n"), "{}", render_text(&plan));
     }
 
     #[test]

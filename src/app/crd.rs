@@ -28,6 +28,24 @@ pub(super) fn preflight(cc: &CrdConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a SpiffeID may ask for (also what `plan` uses).
+pub(crate) fn policy(cfg: &Config, own_namespace: Option<String>) -> Policy {
+    Policy { trust_domain: cfg.trust_domain.clone(), cluster: cfg.cluster.clone(), own_namespace }
+}
+
+/// The projector's rules (also what `plan` uses).
+pub(crate) fn rules(cfg: &Config, cc: &CrdConfig) -> pods::PodRules {
+    pods::PodRules {
+        trust_domain: cfg.trust_domain.clone(),
+        cluster: cfg.cluster.clone(),
+        identity: pods::IdentityRule::from_config(cc.identity_template.as_deref(), &cfg.id_source),
+        identity_template_label: cc.identity_template_label.clone(),
+        dns_name_templates: cc.dns_name_templates.clone(),
+        context: cc.context.clone(),
+        disabled_namespaces: cfg.disabled_namespaces.clone(),
+    }
+}
+
 pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Result<ModeTree, Error> {
     let own_ns = own_namespace();
     if cc.pod_controller && own_ns.is_none() {
@@ -36,11 +54,7 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
                 .into(),
         ));
     }
-    let policy = Policy {
-        trust_domain: cfg.trust_domain.clone(),
-        cluster: cfg.cluster.clone(),
-        own_namespace: own_ns.clone(),
-    };
+    let policy = policy(cfg, own_ns.clone());
     let mut children = Vec::new();
 
     let ctx = Arc::new(
@@ -65,15 +79,7 @@ pub(super) async fn tree(cfg: &Config, cc: &CrdConfig, shared: &Shared) -> Resul
     }));
 
     if let (true, Some(own_namespace)) = (cc.pod_controller, own_ns) {
-        let rules = pods::PodRules {
-            trust_domain: cfg.trust_domain.clone(),
-            cluster: cfg.cluster.clone(),
-            identity: pods::IdentityRule::from_config(cc.identity_template.as_deref(), &cfg.id_source),
-            identity_template_label: cc.identity_template_label.clone(),
-            dns_name_templates: cc.dns_name_templates.clone(),
-            context: cc.context.clone(),
-            disabled_namespaces: cfg.disabled_namespaces.clone(),
-        };
+        let rules = rules(cfg, cc);
         let sctx = Arc::new(sync::SyncCtx {
             client: shared.client.clone(),
             rules,

@@ -3,8 +3,8 @@
 //!
 //! * core, pure: [`resource`] (the type), [`convert`] (SpiffeID → `EntrySpec`), [`policy`] (what
 //!   a SpiffeID may ask for: the trust boundary), [`plan`] (entry ownership and the write to
-//!   make), [`pods`] (Pod / Node → SpiffeID), [`template`] (the identity / DNS-name template
-//!   subset);
+//!   make), [`pods`] (Pod / Node → SpiffeID spec), [`projection`] (the whole set of SpiffeIDs the
+//!   projector keeps), [`template`] (the identity / DNS-name template subset);
 //! * shell: [`controller`] (SpiffeID → entry, writes through the fenced SPIRE pool), [`sync`]
 //!   (Pod / Node / EndpointSlice → SpiffeID, with `pod_controller` and `add_svc_dns_name`),
 //!   [`registrations`] (pod creation times handed from `sync` to `controller`, for the
@@ -20,6 +20,7 @@ pub mod convert;
 pub mod plan;
 pub mod pods;
 pub mod policy;
+pub mod projection;
 pub mod registrations;
 pub mod resource;
 pub mod sync;

@@ -23,12 +23,9 @@ use std::{
 };
 
 use futures::{StreamExt, future};
-use k8s_openapi::{
-    api::{
-        core::v1::{Node, Pod},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, ResourceExt,
@@ -43,13 +40,11 @@ use serde_json::json;
 
 use super::{
     pods::PodRules,
-    resource::{NODE_UID_LABEL, POD_UID_LABEL, SpiffeID, SpiffeIdSpec},
+    projection::{Projection, our_owner, project},
+    resource::SpiffeID,
 };
 use crate::{
-    k8s::{
-        convert,
-        events::{EventSink, Reason},
-    },
+    k8s::events::{EventSink, Reason},
     leadership::LeadershipRx,
     readiness::{Reachability, Readiness},
 };
@@ -67,13 +62,6 @@ pub struct SyncCtx {
     pub resync_interval: Duration,
     /// Synced once every store listed; converged for an epoch after a pass as its leader.
     pub readiness: Readiness,
-}
-
-/// One desired SpiffeID.
-struct Want {
-    spec: SpiffeIdSpec,
-    label: (&'static str, String),
-    owner: OwnerReference,
 }
 
 fn drive<K>(
@@ -159,46 +147,6 @@ pub async fn run(ctx: Arc<SyncCtx>, shutdown: impl std::future::Future<Output = 
     }
 }
 
-fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: api_version.into(),
-        kind: kind.into(),
-        name: name.into(),
-        uid: uid.into(),
-        controller: Some(true),
-        block_owner_deletion: Some(false),
-    }
-}
-
-/// The controller owner reference of a SpiffeID we manage, if any.
-fn our_owner(s: &SpiffeID) -> Option<&OwnerReference> {
-    s.metadata.owner_references.as_ref()?.iter().find(|o| {
-        o.controller == Some(true) && o.api_version == "v1" && (o.kind == "Pod" || o.kind == "Node")
-    })
-}
-
-fn service_names(slices: &Store<EndpointSlice>, ns: &str, uid: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for s in slices.state() {
-        if s.metadata.namespace.as_deref() != Some(ns) {
-            continue;
-        }
-        let Some(svc) = s.labels().get("kubernetes.io/service-name") else { continue };
-        let selected = s.endpoints.iter().any(|e| {
-            e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
-                && e.target_ref
-                    .as_ref()
-                    .is_some_and(|r| r.kind.as_deref() == Some("Pod") && r.uid.as_deref() == Some(uid))
-        });
-        let name = format!("{svc}.{ns}.svc");
-        if selected && !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out.sort();
-    out
-}
-
 async fn sync_once(
     ctx: &SyncCtx,
     pods: &Store<Pod>,
@@ -215,69 +163,15 @@ async fn sync_once(
         .chain(sids.state().iter().map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())))
         .collect();
     reported.retain(|(key, _)| live.contains(key));
-    let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
-    // Pods whose SpiffeID has no entry yet, with their creation time (`registrations`).
-    let mut awaiting: Vec<((String, String), String, i64)> = Vec::new();
-    // Node SpiffeIDs are named after their node in our namespace; a pod there with a node's name
-    // gets its SpiffeID under `pod-<uid>` instead, so both exist (the original let one replace
-    // the other). Node names win because every pod on the node depends on the node's alias.
-    let node_names: HashSet<String> = nodes.state().iter().filter_map(|n| n.metadata.name.clone()).collect();
-    for pod in pods.state() {
-        let Some(f) = convert::pod_info(&pod) else { continue };
-        let svc = match slices {
-            Some(s) if f.running_on().is_some() => service_names(s, &f.namespace, &f.uid),
-            _ => Vec::new(),
-        };
-        match ctx.rules.pod(&f, &svc) {
-            Ok(Some(d)) => {
-                if !d.dropped_dns_names.is_empty() {
-                    tracing::debug!(namespace = %f.namespace, pod = %f.name, dropped = ?d.dropped_dns_names, "Invalid DNS names dropped.");
-                }
-                let name = if f.namespace == ctx.own_namespace && node_names.contains(&f.name) {
-                    format!("pod-{}", f.uid)
-                } else {
-                    f.name.clone()
-                };
-                if let Some(created) = f.created_unix_ms {
-                    awaiting.push(((f.namespace.clone(), name.clone()), f.uid.clone(), created));
-                }
-                want.insert(
-                    (f.namespace.clone(), name),
-                    Want {
-                        spec: d.spec,
-                        label: (POD_UID_LABEL, f.uid.clone()),
-                        owner: owner("v1", "Pod", &f.name, &f.uid),
-                    },
-                );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if reported.insert((f.uid.clone(), msg.clone())) {
-                    tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
-                    metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label())
-                        .increment(1);
-                    ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, Reason::of_identity(&e), msg);
-                }
-            }
-        }
-    }
-    for node in nodes.state() {
-        let (Some(name), Some(uid)) = (node.metadata.name.clone(), node.metadata.uid.clone()) else {
-            continue;
-        };
-        match ctx.rules.node(&name, &uid) {
-            Ok(spec) => {
-                want.insert(
-                    (ctx.own_namespace.clone(), name.clone()),
-                    Want {
-                        spec,
-                        label: (NODE_UID_LABEL, uid.clone()),
-                        owner: owner("v1", "Node", &name, &uid),
-                    },
-                );
-            }
-            Err(e) => tracing::warn!(node = %name, error = %e, "Node gets no SpiffeID."),
+    let slices = slices.map(|s| s.state());
+    let Projection { want, problems, created } =
+        project(&ctx.rules, &ctx.own_namespace, &pods.state(), &nodes.state(), slices.as_deref());
+    for (f, e) in problems {
+        let msg = e.to_string();
+        if reported.insert((f.uid.clone(), msg.clone())) {
+            tracing::warn!(namespace = %f.namespace, pod = %f.name, error = %msg, "Pod gets no SpiffeID.");
+            metrics::counter!("registrar_invalid_identity_total", "reason" => e.metric_label()).increment(1);
+            ctx.events.pod_warning(&f.namespace, &f.name, &f.uid, Reason::of_identity(&e), msg);
         }
     }
 
@@ -287,7 +181,7 @@ async fn sync_once(
         .filter_map(|s| Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), s)))
         .collect();
     // Before any SpiffeID is written, so the controller finds them when it writes the entry.
-    super::registrations::awaiting(awaiting.into_iter().filter_map(|(key, uid, created)| {
+    super::registrations::awaiting(created.into_iter().filter_map(|(key, uid, created)| {
         let has_entry =
             existing.get(&key).and_then(|s| s.status.as_ref()).is_some_and(|s| s.entry_id.is_some());
         (!has_entry).then_some((uid, created))

@@ -38,7 +38,7 @@ pub async fn install_crd(client: &kube::Client) {
     .await;
 }
 
-async fn start_crd(stack: &Stack, name: &str, extra: &str) -> Registrar {
+pub async fn start_crd(stack: &Stack, name: &str, extra: &str) -> Registrar {
     let port = free_port();
     let config = stack.dir.path().join(format!("{name}.conf"));
     std::fs::write(

@@ -32,6 +32,8 @@ fn plan(stack: &Stack, config: &std::path::Path, output: &str) -> (i32, String) 
         .arg("-kubeconfig")
         .arg(&stack.kube.kubeconfig)
         .args(["-output", output])
+        // The registrar's namespace (node SpiffeIDs live there in crd mode), as the tests' registrars.
+        .env("POD_NAMESPACE", "default")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -310,4 +312,72 @@ async fn takeover_of_the_original_registrars_entries_writes_only_the_differences
     assert_eq!(now, before);
     let audit = audited(&reg, false);
     assert_eq!(audit, BTreeSet::from([triple("update", "pod shop/api", "changed")]));
+}
+
+/// crd mode: the plan follows both steps a registrar takes — pods and nodes to SpiffeIDs (the
+/// projector), SpiffeIDs to entries (the controller) — and names each entry by its SpiffeID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_in_crd_mode_follows_pods_through_spiffeids_to_entries() {
+    let stack = Stack::start().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    crate::crd::install_crd(&k).await;
+    create_namespace(&k, "shop").await;
+    create_node(&k, "n1").await;
+    pod("shop", "web").on("n1").sa("web").create(&k).await;
+    pod("shop", "api").on("n1").sa("api").create(&k).await;
+    let config = stack.dir.path().join("crd-plan.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nserver_socket_path = \"{}\"\ncluster = \"c1\"\nmode = \"crd\"\n",
+            stack.spire.socket.display()
+        ),
+    )
+    .unwrap();
+    // Nothing there yet: three SpiffeIDs would be made, each with its entry.
+    let (code, out) = plan(&stack, &config, "json");
+    assert_eq!(code, 3, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = BTreeSet::from([
+        triple("create", "spiffeid default/n1", "new"),
+        triple("create", "spiffeid shop/api", "new"),
+        triple("create", "spiffeid shop/web", "new"),
+    ]);
+    assert_eq!(changes(&json), first, "{json:#}");
+    let web =
+        json["changes"].as_array().unwrap().iter().find(|c| c["object"] == "spiffeid shop/web").unwrap();
+    assert_eq!(web["new"]["spiffe_id"], "spiffe://example.org/ns/shop/sa/web");
+    assert_eq!(web["scope"], "shop");
+
+    // A registrar converges and stops; then a pod goes (no garbage collector runs in this test
+    // cluster, so its SpiffeID stays until a registrar deletes it).
+    let reg = crate::crd::start_crd(&stack, "crd-first", "log_format = \"json\"\n").await;
+    eventually("three entries", Duration::from_secs(30), || async {
+        (all_shown(&spire).await.len() == 3).then_some(())
+    })
+    .await;
+    let (code, text) = plan(&stack, &config, "text");
+    assert_eq!((code, text.as_str()), (0, "Plan: 0 to create, 0 to update, 0 to delete, 3 unchanged.\n"));
+    assert_eq!(reg.proc.terminate(Duration::from_secs(20)).await, Some(0));
+    delete_pod(&k, "shop", "api").await;
+    let (code, out) = plan(&stack, &config, "json");
+    assert_eq!(code, 3, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        changes(&json),
+        BTreeSet::from([triple("delete", "spiffeid shop/api", "pod_gone")]),
+        "{json:#}"
+    );
+    let before = all_shown(&spire).await;
+    assert_eq!(before.len(), 3, "plan wrote");
+    // The next registrar does exactly that.
+    let reg = crate::crd::start_crd(&stack, "crd-second", "log_format = \"json\"\n").await;
+    eventually("api's entry gone", Duration::from_secs(30), || async {
+        (all_shown(&spire).await.len() == 2).then_some(())
+    })
+    .await;
+    let ops: BTreeSet<(String, String)> =
+        audited(&reg, false).into_iter().map(|(op, object, _)| (op, object)).collect();
+    assert_eq!(ops, BTreeSet::from([("delete".to_string(), "spiffeid shop/api".to_string())]));
 }
