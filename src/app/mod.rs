@@ -149,6 +149,12 @@ pub async fn run(
         Mode::Crd(_) => "k8s-workload-registrar-crd-leader-election".into(),
         Mode::Webhook(_) => "k8s-workload-registrar-webhook-leader-election".into(),
     };
+    if !cfg.dry_run {
+        // A server too old for a configured field would drop it and be updated forever.
+        crate::spire::probe::check(&spire, &cfg.trust_domain, &cfg.cluster, &cfg.managed)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
     if cfg.dry_run {
         // A shadow beside a real registrar must never take the real one's lock (it would stop
         // the real writer), so it elects among dry runs only.

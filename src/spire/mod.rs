@@ -6,12 +6,14 @@
 //! * [`client`]: connection (admin Unix socket, or TCP with mutual TLS), paged lists, batched
 //!   writes with per-item results, retries on `UNAVAILABLE`, per-call timeouts, call metrics;
 //! * [`dry_run`]: the overlay that answers writes in `dry_run = true` mode (pure);
+//! * [`probe`]: the start-up check that the server stores the configured entry fields;
 //! * [`workload`]: the registrar's own X509-SVID from the agent's Workload API (TCP path);
 //! * [`tls`]: the rustls client configuration for the TCP path (SPIFFE server authentication).
 
 pub mod client;
 pub mod convert;
 pub mod dry_run;
+pub mod probe;
 pub mod proto;
 pub mod tls;
 pub mod workload;
