@@ -59,6 +59,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (has .Values.mode (list "webhook" "reconcile" "crd")) -}}
 {{- fail (printf "mode: %q is not one of webhook, reconcile, crd" .Values.mode) -}}
 {{- end -}}
+{{- if and (eq .Values.mode "crd") .Values.dryRun -}}
+{{- fail "dryRun: not supported in crd mode (use `k8s-workload-registrar plan` there)" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "crd") (or .Values.entries.x509SvidTtl .Values.entries.jwtSvidTtl .Values.entries.hint) -}}
+{{- fail "entries: TTLs and hint are not supported in crd mode (entries follow their SpiffeID)" -}}
+{{- end -}}
 {{- if not (has .Values.leaderElection.resourceLock (list "leases" "configmaps")) -}}
 {{- fail (printf "leaderElection.resourceLock: %q is neither \"leases\" nor \"configmaps\"" .Values.leaderElection.resourceLock) -}}
 {{- end -}}
@@ -101,6 +107,18 @@ pod_annotation = {{ . | toJson }}
 {{- end }}
 disabled_namespaces = {{ append .Values.disabledNamespaces .Release.Namespace | uniq | toJson }}
 resync_interval = {{ .Values.resyncInterval | toJson }}
+{{- if .Values.dryRun }}
+dry_run = true
+{{- end }}
+{{- with .Values.entries.x509SvidTtl }}
+x509_svid_ttl = {{ . | toJson }}
+{{- end }}
+{{- with .Values.entries.jwtSvidTtl }}
+jwt_svid_ttl = {{ . | toJson }}
+{{- end }}
+{{- with .Values.entries.hint }}
+entry_hint = {{ . | toJson }}
+{{- end }}
 {{- if ne .Values.mode "webhook" }}
 leader_election = {{ .Values.leaderElection.enabled }}
 leader_election_resource_lock = {{ .Values.leaderElection.resourceLock | toJson }}
