@@ -206,11 +206,18 @@ async fn chart_lints_for_every_topology_and_mode_and_refuses_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("registrar.conf");
     std::fs::write(&conf, rendered_config(&docs)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")).args(["validate", "-config"]).arg(&conf).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_k8s-workload-registrar"))
+        .args(["validate", "-config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let effective: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(effective["dry_run"], true, "{effective}");
-    assert_eq!(effective["managed"], serde_json::json!({"x509_svid_ttl": 3600, "jwt_svid_ttl": 0, "hint": "kwr/prod"}));
+    assert_eq!(
+        effective["managed"],
+        serde_json::json!({"x509_svid_ttl": 3600, "jwt_svid_ttl": 0, "hint": "kwr/prod"})
+    );
     // The sidecar's rendered server.conf passes the real spire-server's own check (HCL syntax and
     // the server section; plugin settings are only checked when a server starts in a cluster).
     let docs = render(RELEASE, "spire", &["topology=sidecar".into()]);

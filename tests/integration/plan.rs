@@ -230,7 +230,13 @@ async fn plan_in_webhook_mode_covers_pods_admitted_while_no_webhook_ran() {
 }
 
 /// `spire-server entry create` with the given fields; returns the new entry's ID.
-fn cli_create(spire: &Spire, spiffe_id: &str, parent_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+pub fn cli_create(
+    spire: &Spire,
+    spiffe_id: &str,
+    parent_id: &str,
+    selectors: &[&str],
+    extra: &[&str],
+) -> String {
     let mut args = vec!["entry", "create", "-spiffeID", spiffe_id, "-parentID", parent_id, "-output", "json"];
     for s in selectors {
         args.extend(["-selector", s]);

@@ -482,3 +482,61 @@ async fn chaos_random_churn_and_faults_converge_exactly() {
     converge(&stack.spire.client(), expected).await;
     reg.proc.assert_running();
 }
+
+/// A webhook-mode registrar started over the original's entries (the cluster entry, pod entries
+/// under it) adopts them without a write, keeping their IDs, and removes only what the original
+/// left behind: the entry of a pod deleted while no webhook ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_of_the_original_webhook_entries_writes_only_the_differences() {
+    let (stack, pki) = webhook_stack().await;
+    let k = stack.kube.client().await;
+    let spire = stack.spire.client();
+    create_namespace(&k, "apps").await;
+    pod("apps", "web").label("spiffe.io/id", "web").create(&k).await;
+    pod("apps", "api").label("spiffe.io/id", "api").create(&k).await;
+    let cluster_id = "spiffe://example.org/k8s-workload-registrar/wc/node";
+    let create = |id: &str, parent: &str, selectors: &[&str]| {
+        crate::plan::cli_create(&stack.spire, id, parent, selectors, &[])
+    };
+    let mut kept = vec![
+        create(cluster_id, "spiffe://example.org/spire/server", &["k8s_psat:cluster:wc"]),
+        create("spiffe://example.org/web", cluster_id, &["k8s:ns:apps", "k8s:pod-name:web"]),
+        create("spiffe://example.org/api", cluster_id, &["k8s:ns:apps", "k8s:pod-name:api"]),
+    ];
+    kept.sort();
+    create("spiffe://example.org/gone", cluster_id, &["k8s:ns:apps", "k8s:pod-name:gone"]);
+
+    let port = free_port();
+    let reg = start_registrar(
+        &stack,
+        &pki,
+        "takeover",
+        port,
+        "pod_label = \"spiffe.io/id\"\nlog_format = \"json\"",
+    )
+    .await;
+    // The stale entry goes once it has been undesired for the cluster shard's delete grace.
+    converge(
+        &spire,
+        vec![cluster_entry(), pod_entry("apps", "web", "/web"), pod_entry("apps", "api", "/api")],
+    )
+    .await;
+    let mut ids: Vec<String> = all_entries(&spire).await.into_iter().map(|e| e.id).collect();
+    ids.sort();
+    assert_eq!(ids, kept, "adopted entries keep the original's IDs");
+    let m = reg.metrics().await;
+    let ops = |op: &str, outcome: &str| {
+        metric_value(&m, "registrar_entry_ops_total", &[("op", op), ("outcome", outcome)])
+    };
+    assert_eq!(
+        (ops("create", "ok"), ops("update", "ok"), ops("delete", "ok")),
+        (Some(0.0), Some(0.0), Some(1.0)),
+        "{m}"
+    );
+    let audit = audit_lines(&reg.proc.log_text());
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(
+        (&audit[0]["op"], &audit[0]["object"], &audit[0]["reason"]),
+        (&"delete".into(), &"pod apps/gone".into(), &"pod_gone".into())
+    );
+}
