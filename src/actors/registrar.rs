@@ -190,7 +190,17 @@ pub struct RegistrarState {
     settle_task: Option<JoinHandle<()>>,
     /// An anti-entropy listing is in flight (at most one at a time).
     anti_entropy: bool,
+    /// Shards of this epoch's initial read that have not finished a sync yet. While any has
+    /// not, resync ticks are skipped (at most [`MAX_SKIPPED_TICKS`] in a row): they would list
+    /// every entry while the shards are still writing what they read a moment ago — a snapshot
+    /// no busy shard may use (it wrote since), taking a SPIRE worker from the writes.
+    converging: BTreeSet<String>,
+    skipped_ticks: u32,
 }
+
+/// Resync ticks skipped in a row while shards converge, before a listing is made anyway (a
+/// shard that cannot finish must not hold anti-entropy back for good).
+const MAX_SKIPPED_TICKS: u32 = 3;
 
 impl RegistrarState {
     fn kinds(&self) -> Vec<WatchKind> {
@@ -322,6 +332,8 @@ impl Actor for Registrar {
             leadership_task,
             settle_task,
             anti_entropy: false,
+            converging: BTreeSet::new(),
+            skipped_ticks: 0,
         };
         for kind in state.kinds() {
             crate::metrics::restartable(ChildKind::Watcher(kind).label());
@@ -399,6 +411,7 @@ impl Actor for Registrar {
                 bootstrap_read(&myself, state, epoch, entries).await;
             }
             RegistrarMsg::Shard(ShardEvent::Synced { node, empty }) => {
+                state.converging.remove(&node);
                 if state.args.mode == ShardMode::PerNode && empty && state.args.cache.node(&node).is_none() {
                     // The node is gone and so are its entries: the shard has nothing left to own.
                     if let Some((shard, pending)) = state.shards.remove(&node) {
@@ -500,6 +513,15 @@ fn start_anti_entropy(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarStat
     if !l.leading || state.bootstrapped != Some(l.epoch) || state.anti_entropy {
         return;
     }
+    if !state.converging.is_empty() && state.skipped_ticks < MAX_SKIPPED_TICKS {
+        state.skipped_ticks += 1;
+        tracing::debug!(
+            converging = state.converging.len(),
+            "Shards still converging; anti-entropy listing skipped."
+        );
+        return;
+    }
+    state.skipped_ticks = 0;
     state.anti_entropy = true;
     let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
     tokio::spawn(async move {
@@ -597,6 +619,8 @@ async fn bootstrap_read(
         ShardMode::Cluster => BTreeSet::from([CLUSTER.to_string()]),
     };
     nodes.extend(by_node.keys().cloned());
+    state.converging = nodes.clone();
+    state.skipped_ticks = 0;
     tracing::info!(
         nodes = nodes.len(),
         owned_entries = by_node.values().map(Vec::len).sum::<usize>(),
