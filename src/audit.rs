@@ -5,10 +5,10 @@
 //! fields `op` (`create`, `update`, `delete`), `entry_id`, `spiffe_id`, `parent_id`, `object`
 //! (the Kubernetes object the entry stands for: `pod <ns>/<name>`, `node <name>`,
 //! `cluster <name>`, `spiffeid <ns>/<name>`) and `reason` (a closed set, [`Reason`]); an update
-//! adds `changed` (the fields that differ, [`changed_fields`]: the entry's own and the managed
-//! `x509_svid_ttl`, `jwt_svid_ttl`, `hint`).
+//! adds `changed` (the fields that differ, `EntrySpec::differing`: the entry's own and the
+//! managed `x509_svid_ttl`, `jwt_svid_ttl`, `hint`).
 //!
-//! Pure description ([`object_of`], [`changed_fields`], [`why_deleted`]) plus [`written`], which
+//! Pure description ([`object_of`], [`why_deleted`]) plus [`written`], which
 //! logs. Called by every writer once SPIRE confirmed the write: the node and cluster shards, pod
 //! admissions and the SpiffeID controller. A create SPIRE answered with ALREADY_EXISTS wrote
 //! nothing and is not audited.
@@ -134,45 +134,6 @@ pub fn object_of(spec: &EntrySpec) -> Object {
     }
 }
 
-/// The fields SPIRE would change to turn `old` into `new`, in a fixed order; empty when they
-/// are the same (as [`EntrySpec::same_as`] compares them: DNS names as a set).
-pub fn changed_fields(old: &EntrySpec, new: &EntrySpec) -> Vec<&'static str> {
-    let sorted = |v: &[String]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    let mut out = Vec::new();
-    if old.spiffe_id != new.spiffe_id {
-        out.push("spiffe_id");
-    }
-    if old.parent_id != new.parent_id {
-        out.push("parent_id");
-    }
-    if old.selectors != new.selectors {
-        out.push("selectors");
-    }
-    if sorted(&old.dns_names) != sorted(&new.dns_names) {
-        out.push("dns_names");
-    }
-    if old.federates_with != new.federates_with {
-        out.push("federates_with");
-    }
-    if old.downstream != new.downstream {
-        out.push("downstream");
-    }
-    if old.managed.x509_svid_ttl != new.managed.x509_svid_ttl {
-        out.push("x509_svid_ttl");
-    }
-    if old.managed.jwt_svid_ttl != new.managed.jwt_svid_ttl {
-        out.push("jwt_svid_ttl");
-    }
-    if old.managed.hint != new.managed.hint {
-        out.push("hint");
-    }
-    out
-}
-
 /// Why a shard deletes an owned entry standing for `object`: `node_gone` when the shard's node
 /// is gone (reconcile mode), else from what the cache says about the entry's pod.
 pub fn why_deleted(
@@ -212,7 +173,7 @@ impl Op {
 }
 
 /// Logs one audit line for a write SPIRE confirmed. `spec` is the entry as written (for a
-/// delete: as it was); `changed` is for updates ([`changed_fields`]).
+/// delete: as it was); `changed` is for updates (`EntrySpec::differing`).
 pub fn written(op: Op, entry_id: &str, spec: &EntrySpec, object: &Object, reason: Reason, changed: &[&str]) {
     let dry_run = DRY_RUN.load(Ordering::Relaxed);
     let message = match (op, dry_run) {
@@ -263,20 +224,20 @@ mod tests {
     fn changed_fields_name_every_difference_and_ignore_dns_order() {
         let old = EntrySpec { dns_names: vec!["a".into(), "b".into()], ..sample_spec() };
         let same = EntrySpec { dns_names: vec!["b".into(), "a".into()], ..old.clone() };
-        assert!(changed_fields(&old, &same).is_empty());
+        assert!(old.differing(&same).is_empty());
         let new = EntrySpec {
             dns_names: vec!["a".into()],
             federates_with: BTreeSet::from(["other.org".to_string()]),
             downstream: true,
             ..old.clone()
         };
-        assert_eq!(changed_fields(&old, &new), ["dns_names", "federates_with", "downstream"]);
+        assert_eq!(old.differing(&new), ["dns_names", "federates_with", "downstream"]);
         let mut managed = old.clone();
         managed.managed.x509_svid_ttl = 3600;
         managed.managed.hint = "kwr".into();
-        assert_eq!(changed_fields(&old, &managed), ["x509_svid_ttl", "hint"]);
+        assert_eq!(old.differing(&managed), ["x509_svid_ttl", "hint"]);
         let moved = with(&[("k8s", "ns:b")]);
-        assert_eq!(changed_fields(&sample_spec(), &moved), ["selectors"]);
+        assert_eq!(sample_spec().differing(&moved), ["selectors"]);
     }
 
     #[test]

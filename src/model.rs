@@ -80,23 +80,63 @@ pub(crate) fn sample_spec() -> EntrySpec {
     }
 }
 
+impl Managed {
+    /// The fields that differ from `other`, in a fixed order.
+    pub fn differing(&self, other: &Managed) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.x509_svid_ttl != other.x509_svid_ttl {
+            out.push("x509_svid_ttl");
+        }
+        if self.jwt_svid_ttl != other.jwt_svid_ttl {
+            out.push("jwt_svid_ttl");
+        }
+        if self.hint != other.hint {
+            out.push("hint");
+        }
+        out
+    }
+}
+
 impl EntrySpec {
-    /// True when SPIRE needs no write to turn `self` into `other`: every field equal, DNS names
-    /// compared as a set. SPIRE (1.13) answers a create or update with the DNS names sorted but
-    /// lists them in the order written, so comparing their order would cause needless writes.
+    /// True when SPIRE needs no write to turn `self` into `other` ([`EntrySpec::differing`] is
+    /// empty).
     pub fn same_as(&self, other: &EntrySpec) -> bool {
-        let sorted = |v: &[String]| {
-            let mut v = v.to_vec();
-            v.sort();
-            v
-        };
-        self.spiffe_id == other.spiffe_id
-            && self.parent_id == other.parent_id
-            && self.selectors == other.selectors
-            && self.federates_with == other.federates_with
-            && self.downstream == other.downstream
-            && sorted(&self.dns_names) == sorted(&other.dns_names)
-            && self.managed == other.managed
+        self.differing(other).is_empty()
+    }
+
+    /// The fields SPIRE would change to turn `self` into `other`, in a fixed order: the entry's
+    /// own, then the managed ones ([`Managed::differing`]). DNS names are compared as a set:
+    /// SPIRE (1.13) answers a create or update with them sorted but lists them in the order
+    /// written, so comparing their order would cause needless writes.
+    pub fn differing(&self, other: &EntrySpec) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.spiffe_id != other.spiffe_id {
+            out.push("spiffe_id");
+        }
+        if self.parent_id != other.parent_id {
+            out.push("parent_id");
+        }
+        if self.selectors != other.selectors {
+            out.push("selectors");
+        }
+        if self.sorted_dns_names() != other.sorted_dns_names() {
+            out.push("dns_names");
+        }
+        if self.federates_with != other.federates_with {
+            out.push("federates_with");
+        }
+        if self.downstream != other.downstream {
+            out.push("downstream");
+        }
+        out.extend(self.managed.differing(&other.managed));
+        out
+    }
+
+    /// The DNS names in sorted order (they are a set; see [`EntrySpec::differing`]).
+    pub fn sorted_dns_names(&self) -> Vec<String> {
+        let mut v = self.dns_names.clone();
+        v.sort();
+        v
     }
 }
 

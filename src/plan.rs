@@ -250,7 +250,7 @@ fn entry_change(
         }),
         EntryPlan::Update(e) => {
             let old = own.map(|o| o.spec.clone());
-            let changed = old.as_ref().map(|o| audit::changed_fields(o, &e.spec)).unwrap_or_default();
+            let changed = old.as_ref().map(|o| o.differing(&e.spec)).unwrap_or_default();
             plan.changes.push(Change {
                 scope: ns.to_string(),
                 op: Op::Update,
@@ -278,7 +278,9 @@ pub fn describe(
     actual: &[Entry],
     why_deleted: impl Fn(&Object) -> Reason,
 ) -> Vec<Change> {
-    let old = |id: &str| actual.iter().find(|e| e.id == id).map(|e| e.spec.clone());
+    // By ID: webhook mode's one scope holds every pod's entry.
+    let by_id: HashMap<&str, &EntrySpec> = actual.iter().map(|e| (e.id.as_str(), &e.spec)).collect();
+    let old = |id: &str| by_id.get(id).map(|spec| (*spec).clone());
     ops.into_iter()
         .filter_map(|op| {
             let change = match op {
@@ -299,7 +301,7 @@ pub fn describe(
                         op: Op::Update,
                         object: audit::object_of(&spec),
                         reason: Reason::Changed,
-                        changed: audit::changed_fields(&before, &spec),
+                        changed: before.differing(&spec),
                         entry_id: Some(id),
                         old: Some(before),
                         new: Some(spec),
@@ -332,11 +334,7 @@ fn field(spec: &EntrySpec, name: &str) -> String {
         "spiffe_id" => spec.spiffe_id.to_string(),
         "parent_id" => spec.parent_id.to_string(),
         "selectors" => list(spec.selectors.iter().map(|s| format!("{}:{}", s.kind, s.value)).collect()),
-        "dns_names" => {
-            let mut v = spec.dns_names.clone();
-            v.sort();
-            list(v)
-        }
+        "dns_names" => list(spec.sorted_dns_names()),
         "federates_with" => list(spec.federates_with.iter().cloned().collect()),
         "downstream" => spec.downstream.to_string(),
         "x509_svid_ttl" => format!("{}s", spec.managed.x509_svid_ttl),
@@ -404,13 +402,11 @@ pub fn render_text(plan: &Plan) -> String {
 }
 
 fn spec_json(spec: &EntrySpec) -> serde_json::Value {
-    let mut dns = spec.dns_names.clone();
-    dns.sort();
     json!({
         "spiffe_id": spec.spiffe_id.to_string(),
         "parent_id": spec.parent_id.to_string(),
         "selectors": spec.selectors.iter().map(|s| format!("{}:{}", s.kind, s.value)).collect::<Vec<_>>(),
-        "dns_names": dns,
+        "dns_names": spec.sorted_dns_names(),
         "federates_with": spec.federates_with,
         "downstream": spec.downstream,
         "x509_svid_ttl": spec.managed.x509_svid_ttl,

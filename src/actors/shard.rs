@@ -335,8 +335,7 @@ fn audit_writes(state: &ShardState, before: &[Entry], outcomes: &[OpOutcome]) {
                 audit::written(Op::Create, &e.id, &e.spec, &audit::object_of(&e.spec), Reason::New, &[])
             }
             OpOutcome::Updated(e) => {
-                let changed =
-                    old.get(e.id.as_str()).map(|o| audit::changed_fields(o, &e.spec)).unwrap_or_default();
+                let changed = old.get(e.id.as_str()).map(|o| o.differing(&e.spec)).unwrap_or_default();
                 audit::written(
                     Op::Update,
                     &e.id,

@@ -355,7 +355,7 @@ async fn apply(api: &Api<SpiffeID>, obj: Arc<SpiffeID>, ctx: &Ctx, epoch: u64) -
             }
             let (op, reason, changed) = match (op, &own) {
                 ("update", Some(old)) => {
-                    (audit::Op::Update, audit::Reason::Changed, audit::changed_fields(&old.spec, &entry.spec))
+                    (audit::Op::Update, audit::Reason::Changed, old.spec.differing(&entry.spec))
                 }
                 _ => (audit::Op::Create, audit::Reason::New, Vec::new()),
             };

@@ -31,17 +31,8 @@ pub fn probe_spec(td: &TrustDomain, cluster: &str, managed: &Managed) -> Option<
 
 /// The configuration keys whose values the server did not store (`sent` → `stored`).
 pub fn dropped_fields(sent: &Managed, stored: &Managed) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if sent.x509_svid_ttl != stored.x509_svid_ttl {
-        out.push("x509_svid_ttl");
-    }
-    if sent.jwt_svid_ttl != stored.jwt_svid_ttl {
-        out.push("jwt_svid_ttl");
-    }
-    if sent.hint != stored.hint {
-        out.push("entry_hint");
-    }
-    out
+    // Named as the configuration names them: the entry's `hint` is the key `entry_hint`.
+    sent.differing(stored).into_iter().map(|f| if f == "hint" { "entry_hint" } else { f }).collect()
 }
 
 /// Why the check failed.
