@@ -1,10 +1,7 @@
 //! The `k8s-workload-registrar` binary: arguments, logging, signals and exit codes. The
 //! registrar itself is `app::run` in the library.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use k8s_workload_registrar::{
@@ -24,20 +21,14 @@ fn main() -> ExitCode {
     match command {
         Command::Help => print(cli::USAGE),
         Command::Version => print(&format!("k8s-workload-registrar {}", env!("CARGO_PKG_VERSION"))),
-        Command::Validate(args) => match config::load_with(&args.config, args.expand_env) {
+        Command::Validate(args) => match load(&args) {
             Ok(cfg) => print(&cfg.to_json()),
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+            Err(code) => code,
         },
         Command::Plan(args, output) => {
-            let cfg = match config::load_with(&args.config, args.expand_env) {
+            let cfg = match load(&args) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match plan(cfg, args.kubeconfig) {
                 Ok(p) => {
@@ -58,12 +49,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let cfg = match config::load_with(&args.config, args.expand_env) {
+            let cfg = match load(&args) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match run(cfg, args.kubeconfig) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +63,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The configuration `args` name; its errors printed, as the failing exit status.
+fn load(args: &cli::Args) -> Result<Config, ExitCode> {
+    config::load_with(&args.config, args.expand_env).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `text` and a newline to stdout. A reader that closed the pipe early (`--help | head -1`)
@@ -100,12 +96,7 @@ async fn plan(
 ) -> anyhow::Result<k8s_workload_registrar::plan::Plan> {
     k8s_workload_registrar::telemetry::init("warn", false, None)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kube_config = match kubeconfig {
-        Some(path) => {
-            Some(config_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
-        }
-        None => None,
-    };
+    let kube_config = kube_config(kubeconfig).await?;
     Ok(app::plan::run(&cfg, kube_config).await?)
 }
 
@@ -118,19 +109,19 @@ async fn run(cfg: Config, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
     )?;
     // One TLS crypto provider for the whole process: ring (see Cargo.toml).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kube_config = match kubeconfig {
-        Some(path) => {
-            Some(config_from(&path).await.with_context(|| format!("-kubeconfig {}", path.display()))?)
-        }
-        None => None,
-    };
+    let kube_config = kube_config(kubeconfig).await?;
     app::run(&cfg, kube_config, shutdown_signal()).await.context("registrar")
 }
 
-/// The client configuration of the kubeconfig file at `path` (its current context).
-async fn config_from(path: &Path) -> anyhow::Result<kube::Config> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+/// With `-kubeconfig`, the client configuration of that file (its current context); else
+/// `None` (then `KUBECONFIG` or in-cluster).
+async fn kube_config(path: Option<PathBuf>) -> anyhow::Result<Option<kube::Config>> {
+    let Some(path) = path else { return Ok(None) };
+    let read = async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)?;
+        anyhow::Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+    };
+    Ok(Some(read.await.with_context(|| format!("-kubeconfig {}", path.display()))?))
 }
 
 async fn shutdown_signal() {
