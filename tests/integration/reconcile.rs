@@ -95,8 +95,14 @@ async fn entries_follow_pods_and_nodes() {
     delete_node(&k, "n2").await;
     converge(&spire, vec![node_entry("c1", "n1"), hand_made.clone()]).await;
 
-    // Every write has its audit line: what, which entry, for which object, and why.
-    let audit = audit_lines(&reg.proc.log_text());
+    // Every write has its audit line: what, which entry, for which object, and why. A shard logs
+    // it once SPIRE answered, so the last lines may follow what SPIRE shows by a moment.
+    let audit = eventually("the node deletion's audit lines", Duration::from_secs(30), || async {
+        let audit = audit_lines(&reg.proc.log_text());
+        let n2_deletes = audit.iter().filter(|l| l["op"] == "delete" && l["reason"] == "node_gone").count();
+        (n2_deletes == 2).then_some(audit)
+    })
+    .await;
     let find = |op: &str, object: &str, reason: &str| {
         audit
             .iter()

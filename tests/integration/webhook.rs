@@ -524,6 +524,12 @@ async fn takeover_of_the_original_webhook_entries_writes_only_the_differences() 
     let mut ids: Vec<String> = all_entries(&spire).await.into_iter().map(|e| e.id).collect();
     ids.sort();
     assert_eq!(ids, kept, "adopted entries keep the original's IDs");
+    // The shard logs the delete once SPIRE answered: a moment after SPIRE shows it.
+    let audit = eventually("the stale entry's audit line", Duration::from_secs(30), || async {
+        let audit = audit_lines(&reg.proc.log_text());
+        (!audit.is_empty()).then_some(audit)
+    })
+    .await;
     let m = reg.metrics().await;
     let ops = |op: &str, outcome: &str| {
         metric_value(&m, "registrar_entry_ops_total", &[("op", op), ("outcome", outcome)])
@@ -533,7 +539,6 @@ async fn takeover_of_the_original_webhook_entries_writes_only_the_differences() 
         (Some(0.0), Some(0.0), Some(1.0)),
         "{m}"
     );
-    let audit = audit_lines(&reg.proc.log_text());
     assert_eq!(audit.len(), 1, "{audit:#?}");
     assert_eq!(
         (&audit[0]["op"], &audit[0]["object"], &audit[0]["reason"]),
