@@ -7,7 +7,14 @@
 //! 2. `cold`: another fresh spire-server; the registrar starts against the cluster that already
 //!    holds every pod; time from its start until SPIRE holds every entry.
 //! 3. `steady`: pods created one by one, spread over 1.5 resync intervals (so a resync falls in
-//!    the window); time from each create call until its entry is in SPIRE (p50/p99/max).
+//!    the window); time from each create call until its entry is in SPIRE (p50/p99/max). Its
+//!    floor: after the registrar stopped, single-entry creates sent directly to the same server.
+//!
+//! "In SPIRE" is read from spire-server's own telemetry, the datastore's count of committed
+//! entry creates, polled the same way in every phase: asking the datastore itself (CountEntries
+//! reads every entry, ~230 ms at 10k; a filtered ListEntries per poll) would load the server
+//! only while ours runs, not while the floor does. Each phase then checks the entries themselves
+//! once, untimed.
 //! 4. `idle`: nothing changes for two resync intervals; ListEntries calls per minute, counted by
 //!    spire-server's own telemetry.
 //! 5. peak RSS of the registrar (VmHWM).
@@ -149,29 +156,95 @@ async fn populate(client: &kube::Client, size: &Size) {
         .await;
 }
 
-/// Creates `specs` directly: batches of 50, two calls in flight.
-async fn floor(client: &SpireClient, specs: &[EntrySpec]) -> Duration {
+/// Creates `specs` directly (batches of 50, two calls in flight) on a fresh server; the time
+/// until its telemetry counts them all, measured like ours.
+async fn floor(spire: &stack::Spire, specs: &[EntrySpec]) -> Duration {
+    let client = spire.client();
     let start = Instant::now();
-    futures::stream::iter(specs.chunks(50))
-        .for_each_concurrent(2, |chunk| async move {
+    let create = futures::stream::iter(specs.chunks(50)).for_each_concurrent(2, |chunk| {
+        let client = &client;
+        async move {
             let results = client.create_entries(chunk).await.unwrap();
             assert!(results.iter().all(Result::is_ok));
-        })
-        .await;
-    start.elapsed()
+        }
+    });
+    let ((), took) = tokio::join!(create, wait_for_creates(spire, specs.len(), start, FLOOR_TIMEOUT));
+    check_count(&client, specs.len()).await;
+    took
 }
 
-async fn wait_for_count(client: &SpireClient, want: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+const FLOOR_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Entry creates spire-server's datastore committed (its own telemetry: no load on the
+/// datastore, unlike asking it).
+async fn committed_creates(spire: &stack::Spire) -> usize {
+    let port = spire.telemetry_port.expect("spire-server started with telemetry");
+    let (_, body) = registrar::http_request(port, "GET", "/metrics").await;
+    registrar::metric_value(&body, "spire_server_datastore_registration_entry_create", &[("status", "OK")])
+        .unwrap_or(0.0) as usize
+}
+
+/// Polls the server's telemetry every `POLL` until `want` creates are committed; the time since
+/// `start`.
+async fn wait_for_creates(spire: &stack::Spire, want: usize, start: Instant, timeout: Duration) -> Duration {
     loop {
-        let n = client.count_entries().await.unwrap_or(0) as usize;
+        let n = committed_creates(spire).await;
         if n >= want {
-            assert_eq!(n, want, "more entries than desired: duplicates");
-            return;
+            return start.elapsed();
         }
-        assert!(Instant::now() < deadline, "only {n} of {want} entries after {timeout:?}");
+        assert!(start.elapsed() < timeout, "only {n} of {want} entries after {timeout:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// Like [`wait_for_creates`] for one steady-state entry: polled every 2 ms, for up to 2 minutes.
+async fn wait_for_steady(spire: &stack::Spire, want: usize, start: Instant) -> Duration {
+    loop {
+        if committed_creates(spire).await >= want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no entry after 2 minutes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The steady-state floor: `n` single-entry creates sent directly, one at a time, to the server
+/// that holds the converged entries (the registrar stopped), each timed like a pod's entry.
+async fn steady_floor(spire: &stack::Spire, n: usize) -> Vec<Duration> {
+    let client = spire.client();
+    let td = td();
+    let parent =
+        SpiffeId::from_path(&td, &format!("/spire-k8s-registrar/{CLUSTER}/node/{}", node_name(0))).unwrap();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = EntrySpec {
+            spiffe_id: SpiffeId::from_path(&td, &format!("/ns/{NS}/sa/direct{i}")).unwrap(),
+            parent_id: parent.clone(),
+            selectors: BTreeSet::from([
+                Selector::k8s(format!("ns:{NS}")),
+                Selector::k8s(format!("pod-name:direct{i}")),
+            ]),
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            downstream: false,
+            managed: Default::default(),
+        };
+        let before = committed_creates(spire).await;
+        let t = Instant::now();
+        assert!(client.create_entries(&[spec]).await.unwrap().iter().all(Result::is_ok));
+        out.push(wait_for_steady(spire, before + 1, t).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    out.sort();
+    out
+}
+
+/// SPIRE holds exactly `want` entries (no duplicates, nothing deleted and re-created).
+async fn check_count(client: &SpireClient, want: usize) {
+    let n = client.count_entries().await.unwrap() as usize;
+    assert_eq!(n, want, "SPIRE holds {n} entries, {want} desired");
 }
 
 fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync: Duration) -> stack::Proc {
@@ -235,7 +308,7 @@ async fn main() {
     std::fs::create_dir_all(&floor_dir).unwrap();
     let (kube, floor_spire) = tokio::join!(
         stack::Kube::start(dir.path(), stack::KubeOptions::default()),
-        stack::Spire::start(&floor_dir),
+        stack::Spire::start_with_telemetry(&floor_dir),
     );
     let client = kube.client().await;
     let t = Instant::now();
@@ -245,7 +318,7 @@ async fn main() {
     let total = specs.len();
 
     // 1. The floor, on its own server.
-    let floor_time = floor(&floor_spire.client(), &specs).await;
+    let floor_time = floor(&floor_spire, &specs).await;
     drop(floor_spire);
 
     // 2. Cold convergence.
@@ -255,8 +328,8 @@ async fn main() {
     let spire_client = spire.client();
     let start = Instant::now();
     let registrar = start_registrar(&ours_dir, &kube, &spire, size.resync);
-    wait_for_count(&spire_client, total, Duration::from_secs(600 + size.pods as u64 / 20)).await;
-    let cold = start.elapsed();
+    let cold = wait_for_creates(&spire, total, start, Duration::from_secs(600 + size.pods as u64 / 20)).await;
+    check_count(&spire_client, total).await;
     let after_cold_kib = vm_hwm_kib(registrar.pid());
     let telemetry = spire.telemetry_port.unwrap();
     let cold_creates = spire_counter(telemetry, "spire_server_rpc_entry_v1_entry_batch_create_entry").await;
@@ -269,23 +342,18 @@ async fn main() {
     for i in 0..size.steady_pods {
         let sa = format!("steady{i}");
         let id = SpiffeId::from_path(&td(), &format!("/ns/{NS}/sa/{sa}")).unwrap();
-        let filter = ListFilter { by_spiffe_id: Some(id), ..Default::default() };
+        let before = committed_creates(&spire).await;
         let t = Instant::now();
         create_pod(&pods, &format!("steady{i}"), &sa, &node_name(i % size.nodes)).await;
-        loop {
-            if !spire_client.list_entries(&filter).await.unwrap().is_empty() {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(120), "no entry for steady{i}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let took = t.elapsed();
+        let took = wait_for_steady(&spire, before + 1, t).await;
+        let filter = ListFilter { by_spiffe_id: Some(id), ..Default::default() };
+        assert_eq!(spire_client.list_entries(&filter).await.unwrap().len(), 1, "one entry for steady{i}");
         latencies.push(took);
         tokio::time::sleep(gap.saturating_sub(took)).await;
     }
     latencies.sort();
     let total = total + size.steady_pods;
-    wait_for_count(&spire_client, total, Duration::from_secs(60)).await;
+    check_count(&spire_client, total).await;
 
     // 4. Idle: two resync intervals with nothing changing.
     let lists = "spire_server_rpc_entry_v1_entry_list_entries";
@@ -306,6 +374,7 @@ async fn main() {
     let per_minute = idle_lists * 60.0 / window.as_secs_f64();
     let hwm_kib = vm_hwm_kib(registrar.pid());
     registrar.kill();
+    let direct = steady_floor(&spire, size.steady_pods).await;
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
@@ -325,12 +394,21 @@ async fn main() {
         "    BatchCreateEntry calls: {cold_creates} (floor: {}); registrar CPU {cold_cpu:.1} s",
         specs.len().div_ceil(50)
     );
+    let p = |l: &[Duration], q: f64| ms(percentile(l, q));
     println!(
         "  steady pod -> entry ({} pods):           p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         size.steady_pods,
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
+        p(&latencies, 0.5),
+        p(&latencies, 0.99),
         ms(*latencies.last().unwrap())
+    );
+    println!(
+        "    floor: direct one-entry creates on that server: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; ratio p50 {:.2}x, p99 {:.2}x",
+        p(&direct, 0.5),
+        p(&direct, 0.99),
+        ms(*direct.last().unwrap()),
+        p(&latencies, 0.5) / p(&direct, 0.5).max(1e-9),
+        p(&latencies, 0.99) / p(&direct, 0.99).max(1e-9)
     );
     println!(
         "  idle ({window:?}): {idle_lists} ListEntries calls = {per_minute:.1}/min (one listing per interval: {} pages), {idle_writes} writes",
