@@ -24,7 +24,7 @@ use std::{
 
 use k8s_workload_registrar::{
     id::{SpiffeId, TrustDomain},
-    model::{EntrySpec, Selector},
+    model::{EntrySpec, Selector, Selectors},
     spire::{ListFilter, SpireClient},
 };
 
@@ -32,7 +32,7 @@ fn spec(td: &TrustDomain, node: usize, pod: usize) -> EntrySpec {
     EntrySpec {
         spiffe_id: SpiffeId::from_path(td, &format!("/ns/bench/sa/sa{pod}")).unwrap(),
         parent_id: SpiffeId::from_path(td, &format!("/spire-k8s-registrar/bench/node/n{node}")).unwrap(),
-        selectors: BTreeSet::from([
+        selectors: Selectors::from([
             Selector::k8s("ns:bench"),
             Selector::k8s(format!("pod-name:n{node}-p{pod}")),
         ]),
@@ -47,7 +47,7 @@ fn node_spec(td: &TrustDomain, node: usize) -> EntrySpec {
     EntrySpec {
         spiffe_id: SpiffeId::from_path(td, &format!("/spire-k8s-registrar/bench/node/n{node}")).unwrap(),
         parent_id: td.server_id(),
-        selectors: BTreeSet::from([
+        selectors: Selectors::from([
             Selector::psat("cluster:bench"),
             Selector::psat(format!("agent_node_name:n{node}")),
         ]),

@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Entry, EntrySpec, Selector};
+use crate::model::{Entry, EntrySpec, Selectors};
 
 /// One write to SPIRE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl EntryOp {
 pub fn diff(desired: &[EntrySpec], actual: &[Entry]) -> Vec<EntryOp> {
     // Both sides grouped by selector set; within a group desired is a sorted set and actual is
     // sorted by entry ID, which makes every choice below deterministic.
-    let mut groups: BTreeMap<&BTreeSet<Selector>, (BTreeSet<&EntrySpec>, Vec<&Entry>)> = BTreeMap::new();
+    let mut groups: BTreeMap<&Selectors, (BTreeSet<&EntrySpec>, Vec<&Entry>)> = BTreeMap::new();
     for spec in desired {
         groups.entry(&spec.selectors).or_default().0.insert(spec);
     }
@@ -134,6 +134,7 @@ pub fn diff(desired: &[EntrySpec], actual: &[Entry]) -> Vec<EntryOp> {
 
 #[cfg(test)]
 mod tests {
+    use crate::model::Selector;
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
@@ -154,7 +155,7 @@ mod tests {
         EntrySpec {
             spiffe_id: id(&format!("/w/{workload}")),
             parent_id: id("/reg/c/node/n1"),
-            selectors: BTreeSet::from([
+            selectors: Selectors::from([
                 Selector::k8s("ns:default"),
                 Selector::k8s(format!("pod-name:{pod}")),
             ]),
@@ -307,7 +308,7 @@ mod tests {
             .prop_map(|(pod, workload, node, dns, federation, downstream)| EntrySpec {
                 spiffe_id: id(&format!("/w/{workload}")),
                 parent_id: id(&format!("/reg/c/node/n{node}")),
-                selectors: BTreeSet::from([Selector::k8s(format!("pod-name:p{pod}"))]),
+                selectors: Selectors::from([Selector::k8s(format!("pod-name:p{pod}"))]),
                 dns_names: dns.into_iter().map(|d| format!("d{d}.example")).collect(),
                 federates_with: federation.into_iter().map(|f| format!("td{f}.org")).collect(),
                 downstream,

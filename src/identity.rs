@@ -56,7 +56,7 @@ use std::{
 
 use crate::{
     id::{DnsError, IdError, SpiffeId, TrustDomain, validate_segment},
-    model::{EntrySpec, Managed, Selector},
+    model::{EntrySpec, Managed, Selector, Selectors},
 };
 
 /// The pod annotation listing the trust domains a workload federates with.
@@ -266,8 +266,8 @@ pub struct Desired {
 }
 
 /// The selectors that identify a pod's entry in reconcile and webhook modes.
-pub fn pod_selectors(namespace: &str, name: &str) -> BTreeSet<Selector> {
-    BTreeSet::from([Selector::k8s(format!("ns:{namespace}")), Selector::k8s(format!("pod-name:{name}"))])
+pub fn pod_selectors(namespace: &str, name: &str) -> Selectors {
+    Selectors::from([Selector::k8s(format!("ns:{namespace}")), Selector::k8s(format!("pod-name:{name}"))])
 }
 
 impl Naming {
@@ -310,7 +310,7 @@ impl Naming {
         Ok(EntrySpec {
             spiffe_id,
             parent_id: self.server_id(),
-            selectors: BTreeSet::from([
+            selectors: Selectors::from([
                 Selector::psat(format!("cluster:{}", self.cluster)),
                 Selector::psat(format!("agent_node_name:{}", node.name)),
             ]),
@@ -412,7 +412,7 @@ impl Naming {
         Ok(EntrySpec {
             spiffe_id: self.webhook_cluster_id()?,
             parent_id: self.server_id(),
-            selectors: BTreeSet::from([Selector::psat(format!("cluster:{}", self.cluster))]),
+            selectors: Selectors::from([Selector::psat(format!("cluster:{}", self.cluster))]),
             dns_names: Vec::new(),
             federates_with: BTreeSet::new(),
             downstream: false,

@@ -34,12 +34,54 @@ impl fmt::Display for Selector {
     }
 }
 
-/// Every field of an entry the registrar sets. [`EntrySpec::same_as`] is true exactly when SPIRE
-/// needs no write to turn one into the other; this is what makes a no-change resync write nothing.
-///
-/// Invariants (upheld by the constructors in `identity`): `dns_names` are valid, trimmed and
-/// de-duplicated (SPIRE reports them in varying order, so equality ignores their order); `federates_with`
-/// holds bare, valid trust-domain names.
+/// A set of selectors, kept as a sorted, de-duplicated slice: every entry holds one (often of
+/// two selectors), and a `BTreeSet` spends a whole 11-slot node on that, about 450 bytes an
+/// entry more than the selectors themselves (the registrar holds every owned entry, and an
+/// anti-entropy listing a second copy). Equality, order and hashing are the set's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selectors(Box<[Selector]>);
+
+impl Selectors {
+    pub fn iter(&self) -> std::slice::Iter<'_, Selector> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, s: &Selector) -> bool {
+        self.0.binary_search(s).is_ok()
+    }
+}
+
+impl FromIterator<Selector> for Selectors {
+    fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
+        let mut v: Vec<Selector> = iter.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Selectors(v.into_boxed_slice())
+    }
+}
+
+impl<const N: usize> From<[Selector; N]> for Selectors {
+    fn from(a: [Selector; N]) -> Self {
+        a.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Selectors {
+    type Item = &'a Selector;
+    type IntoIter = std::slice::Iter<'a, Selector>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Entry fields the operator sets for every entry the registrar writes (config `x509_svid_ttl`,
 /// `jwt_svid_ttl`, `entry_hint`); `0` and `""` leave SPIRE's defaults. Compared like every other
 /// field, so a changed setting converges.
@@ -53,11 +95,17 @@ pub struct Managed {
     pub hint: String,
 }
 
+/// Every field of an entry the registrar sets. [`EntrySpec::same_as`] is true exactly when SPIRE
+/// needs no write to turn one into the other; this is what makes a no-change resync write nothing.
+///
+/// Invariants (upheld by the constructors in `identity`): `dns_names` are valid, trimmed and
+/// de-duplicated (SPIRE reports them in varying order, so equality ignores their order); `federates_with`
+/// holds bare, valid trust-domain names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntrySpec {
     pub spiffe_id: SpiffeId,
     pub parent_id: SpiffeId,
-    pub selectors: BTreeSet<Selector>,
+    pub selectors: Selectors,
     pub dns_names: Vec<String>,
     pub federates_with: BTreeSet<String>,
     pub downstream: bool,
@@ -72,7 +120,7 @@ pub(crate) fn sample_spec() -> EntrySpec {
     EntrySpec {
         spiffe_id: SpiffeId::from_path(&td, "/w").unwrap(),
         parent_id: SpiffeId::from_path(&td, "/p").unwrap(),
-        selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+        selectors: Selectors::from([Selector::k8s("ns:a")]),
         dns_names: Vec::new(),
         federates_with: BTreeSet::new(),
         downstream: false,
@@ -145,4 +193,25 @@ impl EntrySpec {
 pub struct Entry {
     pub id: String,
     pub spec: EntrySpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_are_a_set() {
+        let (a, b) = (Selector::k8s("ns:a"), Selector::k8s("pod-name:p"));
+        let ab = Selectors::from([a.clone(), b.clone()]);
+        assert_eq!(ab, Selectors::from([b.clone(), a.clone(), b.clone()]), "order and repeats do not count");
+        assert_eq!(ab.len(), 2);
+        assert!(ab.contains(&b) && !ab.contains(&Selector::k8s("ns:b")));
+        assert_eq!(ab.iter().collect::<Vec<_>>(), [&a, &b], "iterated in order");
+        assert_ne!(ab, Selectors::from([a.clone()]));
+        // Ordered like the BTreeSet it replaces (lexicographic over the sorted elements).
+        let as_set = |s: &Selectors| s.iter().cloned().collect::<BTreeSet<_>>();
+        let c = Selectors::from([Selector::k8s("ns:b")]);
+        assert_eq!(ab.cmp(&c), as_set(&ab).cmp(&as_set(&c)));
+        assert!(Selectors::default().is_empty());
+    }
 }

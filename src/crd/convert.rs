@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::resource::{Selector as CrdSelector, SpiffeIdSpec};
 use crate::{
     id::{DnsError, IdError, SpiffeId, TrustDomain, validate_dns_name},
-    model::{EntrySpec, Selector},
+    model::{EntrySpec, Selector, Selectors},
 };
 
 /// Why a SpiffeID gets no entry.
@@ -67,11 +67,9 @@ impl SpecError {
 }
 
 /// SPIRE selectors for a SpiffeID selector, as the original mapped them (3.1).
-pub fn selectors(sel: &CrdSelector) -> BTreeSet<Selector> {
-    let mut out = BTreeSet::new();
-    let mut add = |s: Selector| {
-        out.insert(s);
-    };
+pub fn selectors(sel: &CrdSelector) -> Selectors {
+    let mut out = Vec::new();
+    let mut add = |s: Selector| out.push(s);
     let non_empty = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
     if let Some(v) = non_empty(&sel.cluster) {
         add(Selector::psat(format!("cluster:{v}")));
@@ -99,7 +97,7 @@ pub fn selectors(sel: &CrdSelector) -> BTreeSet<Selector> {
     for a in sel.arbitrary.iter().filter(|a| !a.is_empty()) {
         add(Selector::k8s(a.clone()));
     }
-    out
+    out.into_iter().collect()
 }
 
 /// The entry a SpiffeID stands for, or why it gets none. Both IDs must be in `td` (exact

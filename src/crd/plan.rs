@@ -64,13 +64,16 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::{id::SpiffeId, model::Selector};
+    use crate::{
+        id::SpiffeId,
+        model::{Selector, Selectors},
+    };
 
     fn spec(path: &str) -> EntrySpec {
         EntrySpec {
             spiffe_id: SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
             parent_id: SpiffeId::parse("spiffe://example.org/k8s-workload-registrar/c1/node/n1").unwrap(),
-            selectors: BTreeSet::from([Selector::k8s("ns:shop")]),
+            selectors: Selectors::from([Selector::k8s("ns:shop")]),
             dns_names: vec!["a.shop".into()],
             federates_with: BTreeSet::new(),
             downstream: false,

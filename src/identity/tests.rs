@@ -59,9 +59,10 @@ fn node_entry_is_parented_to_the_server() {
         EntrySpec {
             spiffe_id: id("spiffe://example.org/spire-k8s-registrar/demo/node/n1"),
             parent_id: id("spiffe://example.org/spire/server"),
-            selectors: BTreeSet::from(
-                [Selector::psat("cluster:demo"), Selector::psat("agent_node_name:n1"),]
-            ),
+            selectors: Selectors::from([
+                Selector::psat("cluster:demo"),
+                Selector::psat("agent_node_name:n1"),
+            ]),
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
@@ -98,7 +99,7 @@ fn service_account_mode_pod_entry() {
         EntrySpec {
             spiffe_id: id("spiffe://example.org/ns/default/sa/web-sa"),
             parent_id: id("spiffe://example.org/spire-k8s-registrar/demo/node/n1"),
-            selectors: BTreeSet::from([Selector::k8s("ns:default"), Selector::k8s("pod-name:web")]),
+            selectors: Selectors::from([Selector::k8s("ns:default"), Selector::k8s("pod-name:web")]),
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,
@@ -430,7 +431,7 @@ fn webhook_cluster_entry_and_pod_entries() {
     let cluster = naming.webhook_cluster_entry().unwrap();
     assert_eq!(cluster.spiffe_id, id("spiffe://example.org/k8s-workload-registrar/demo/node"));
     assert_eq!(cluster.parent_id, id("spiffe://example.org/spire/server"));
-    assert_eq!(cluster.selectors, BTreeSet::from([Selector::psat("cluster:demo")]));
+    assert_eq!(cluster.selectors, Selectors::from([Selector::psat("cluster:demo")]));
     assert!(naming.webhook_owns(&cluster));
 
     // No node needed; no DNS names even when a zone is configured.

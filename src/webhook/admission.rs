@@ -179,7 +179,7 @@ impl Admission {
                 Err(e) => tracing::warn!(error = %e, "Could not read the pod; deleting its entry anyway."),
             }
         }
-        let selectors: Vec<_> = pod_selectors(&req.namespace, &req.name).into_iter().collect();
+        let selectors: Vec<_> = pod_selectors(&req.namespace, &req.name).iter().cloned().collect();
         let filter = ListFilter { by_selectors: Some(selectors), ..Default::default() };
         let entries = match self.list(filter).await {
             Ok(e) => e,

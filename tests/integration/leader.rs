@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::ConfigMap};
-use k8s_workload_registrar::model::{EntrySpec, Selector};
+use k8s_workload_registrar::model::{EntrySpec, Selector, Selectors};
 use kube::Api;
 
 use crate::{
@@ -209,7 +209,7 @@ async fn a_new_leader_repairs_writes_that_land_after_its_promotion() {
         .create_entries(&[EntrySpec {
             spiffe_id: id("/ns/a/sa/gone"),
             parent_id: id("/spire-k8s-registrar/c/node/n1"),
-            selectors: BTreeSet::from([Selector::k8s("ns:a"), Selector::k8s("pod-name:gone")]),
+            selectors: Selectors::from([Selector::k8s("ns:a"), Selector::k8s("pod-name:gone")]),
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,

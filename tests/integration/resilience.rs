@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use k8s_workload_registrar::model::{Entry, Selector};
+use k8s_workload_registrar::model::{Entry, Selector, Selectors};
 
 use crate::{
     registrar::{Registrar, metric_value},
@@ -28,7 +28,7 @@ async fn resync_repairs_drift_and_leaves_hand_made_entries_alone() {
         .create_entries(&[k8s_workload_registrar::model::EntrySpec {
             spiffe_id: id("/hand/made"),
             parent_id: id("/spire/agent/k8s_psat/c/some-uid"),
-            selectors: BTreeSet::from([Selector::k8s("ns:a")]),
+            selectors: Selectors::from([Selector::k8s("ns:a")]),
             dns_names: vec![],
             federates_with: BTreeSet::new(),
             downstream: false,

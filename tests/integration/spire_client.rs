@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use k8s_workload_registrar::{
-    model::{Entry, EntrySpec, Selector},
+    model::{Entry, EntrySpec, Selector, Selectors},
     spire::ListFilter,
 };
 use tonic::Code;
@@ -17,7 +17,7 @@ fn spec(path: &str, parent: &str, pod: &str) -> EntrySpec {
     EntrySpec {
         spiffe_id: id(path),
         parent_id: id(parent),
-        selectors: BTreeSet::from([Selector::k8s("ns:t"), Selector::k8s(format!("pod-name:{pod}"))]),
+        selectors: Selectors::from([Selector::k8s("ns:t"), Selector::k8s(format!("pod-name:{pod}"))]),
         dns_names: vec![],
         federates_with: BTreeSet::new(),
         downstream: false,

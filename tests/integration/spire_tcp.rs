@@ -9,7 +9,7 @@ use std::{
 };
 
 use k8s_workload_registrar::{
-    model::{EntrySpec, Selector},
+    model::{EntrySpec, Selector, Selectors},
     spire::{Error, ListFilter, SpireClient, SvidSource},
 };
 use tonic::Code;
@@ -159,7 +159,7 @@ fn spec(path: &str) -> EntrySpec {
     EntrySpec {
         spiffe_id: id(path),
         parent_id: id("/reg/node/n1"),
-        selectors: BTreeSet::from([Selector::k8s("ns:t"), Selector::k8s("pod-name:tcp")]),
+        selectors: Selectors::from([Selector::k8s("ns:t"), Selector::k8s("pod-name:tcp")]),
         dns_names: vec!["tcp.t.svc".into()],
         federates_with: BTreeSet::new(),
         downstream: false,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_workload_registrar::{
     id::{SpiffeId, TrustDomain},
-    model::{EntrySpec, Selector},
+    model::{EntrySpec, Selector, Selectors},
     spire::ListFilter,
 };
 use kube::{Api, api::PostParams};
@@ -52,7 +52,7 @@ async fn stack_is_real() {
     let spec = EntrySpec {
         spiffe_id: SpiffeId::from_path(&td, "/ns/stack-test/sa/web-sa").unwrap(),
         parent_id: SpiffeId::from_path(&td, "/test/node/node-a").unwrap(),
-        selectors: BTreeSet::from([Selector::k8s("ns:stack-test"), Selector::k8s("pod-name:web")]),
+        selectors: Selectors::from([Selector::k8s("ns:stack-test"), Selector::k8s("pod-name:web")]),
         dns_names: vec!["web.stack-test.svc".into()],
         federates_with: BTreeSet::new(),
         downstream: false,
