@@ -230,6 +230,9 @@ async fn wait_for_creates(spire: &stack::Spire, want: usize, start: Instant, tim
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// spire-server's count of answered ListEntries calls.
+const LISTS: &str = "spire_server_rpc_entry_v1_entry_list_entries";
+
 /// Like [`wait_for_creates`] for one steady-state entry: polled every 2 ms, for up to 2 minutes.
 async fn wait_for_steady(spire: &stack::Spire, want: usize, start: Instant) -> Duration {
     loop {
@@ -370,15 +373,22 @@ async fn main() {
     // 3. Steady state, with a resync inside the window.
     let gap = size.resync.mul_f64(1.5) / size.steady_pods as u32;
     let mut latencies = Vec::with_capacity(size.steady_pods);
+    // Samples during which a ListEntries call of the registrar (its anti-entropy listing) ended.
+    let mut during_listing = Vec::new();
     for i in 0..size.steady_pods {
         let sa = format!("steady{i}");
         let ns = ns_of(&size, i);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let id = SpiffeId::from_path(&td(), &format!("/ns/{ns}/sa/{sa}")).unwrap();
+        let lists_before = spire_counter(telemetry, LISTS).await;
         let before = committed_creates(&spire).await;
         let t = Instant::now();
         create_pod(&pods, &format!("steady{i}"), &sa, &node_name(i % size.nodes)).await;
         let took = wait_for_steady(&spire, before + 1, t).await;
+        // Read before this sample's own check below (a ListEntries call, too).
+        if spire_counter(telemetry, LISTS).await > lists_before {
+            during_listing.push(took);
+        }
         let filter = ListFilter { by_spiffe_id: Some(id), ..Default::default() };
         assert_eq!(spire_client.list_entries(&filter).await.unwrap().len(), 1, "one entry for steady{i}");
         latencies.push(took);
@@ -389,7 +399,7 @@ async fn main() {
     check_count(&spire_client, total).await;
 
     // 4. Idle: two resync intervals with nothing changing.
-    let lists = "spire_server_rpc_entry_v1_entry_list_entries";
+    let lists = LISTS;
     let writes = ["batch_create_entry", "batch_update_entry", "batch_delete_entry"]
         .map(|m| format!("spire_server_rpc_entry_v1_entry_{m}"));
     let count_writes = || async {
@@ -440,6 +450,12 @@ async fn main() {
         p(&latencies, 0.5),
         p(&latencies, 0.99),
         ms(*latencies.last().unwrap())
+    );
+    during_listing.sort();
+    println!(
+        "    {} of them while a listing page was answered: max {:.0} ms",
+        during_listing.len(),
+        during_listing.last().map_or(0.0, |d| ms(*d))
     );
     println!(
         "    floor: direct one-entry creates on that server: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; ratio p50 {:.2}x, p99 {:.2}x",
