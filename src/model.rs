@@ -195,9 +195,71 @@ pub struct Entry {
     pub spec: EntrySpec,
 }
 
+impl Entry {
+    /// A 64-bit fingerprint of the entry as the diff sees it: equal for two entries with the
+    /// same ID whose specs are [`EntrySpec::same_as`] each other (so DNS names count as a set),
+    /// different (but for a 2^-64 chance) when a write would be needed to turn one into the
+    /// other. Anti-entropy compares these instead of holding a second copy of every entry.
+    /// Stable within a process only (never stored or sent).
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        let s = &self.spec;
+        self.id.hash(&mut h);
+        s.spiffe_id.hash(&mut h);
+        s.parent_id.hash(&mut h);
+        s.selectors.hash(&mut h);
+        s.sorted_dns_names().hash(&mut h);
+        s.federates_with.hash(&mut h);
+        s.downstream.hash(&mut h);
+        s.managed.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The sorted [`Entry::digest`]s of `entries`: two sets of entries need no write to agree
+/// exactly when these are equal (but for digest collisions).
+pub fn digests<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Vec<u64> {
+    let mut d: Vec<u64> = entries.into_iter().map(Entry::digest).collect();
+    d.sort_unstable();
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_see_what_the_diff_sees() {
+        let e = Entry { id: "a".into(), spec: sample_spec() };
+        let with = |f: &dyn Fn(&mut Entry)| {
+            let mut x = e.clone();
+            f(&mut x);
+            x.digest()
+        };
+        let mut dns = e.clone();
+        dns.spec.dns_names = vec!["b.example".into(), "a.example".into()];
+        let mut dns_reordered = dns.clone();
+        dns_reordered.spec.dns_names.reverse();
+        assert_eq!(dns.digest(), dns_reordered.digest(), "DNS names are a set");
+        assert_ne!(dns.digest(), e.digest());
+        let td = crate::id::TrustDomain::parse("example.org").unwrap();
+        let changes: [&dyn Fn(&mut Entry); 8] = [
+            &|x| x.id = "b".into(),
+            &|x| x.spec.spiffe_id = SpiffeId::from_path(&td, "/other").unwrap(),
+            &|x| x.spec.parent_id = SpiffeId::from_path(&td, "/other").unwrap(),
+            &|x| x.spec.selectors = Selectors::from([Selector::k8s("ns:b")]),
+            &|x| x.spec.federates_with = BTreeSet::from(["other.org".to_string()]),
+            &|x| x.spec.downstream = true,
+            &|x| x.spec.managed.x509_svid_ttl = 60,
+            &|x| x.spec.managed.hint = "h".into(),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            assert_ne!(with(*change), e.digest(), "change {i} must change the digest");
+        }
+        let (a, b) = (e.clone(), Entry { id: "b".into(), spec: sample_spec() });
+        assert_eq!(digests([&a, &b]), digests([&b, &a]), "order does not count");
+    }
 
     #[test]
     fn selectors_are_a_set() {

@@ -72,6 +72,17 @@ impl PoolHandle {
             .map_err(|e| e.to_string())?
     }
 
+    /// Every owned entry in SPIRE as a digest, by the scope `scope_of` names (anti-entropy).
+    pub async fn survey(
+        &self,
+        scope_of: spire_pool::ScopeOf,
+        timeout: Duration,
+    ) -> Result<spire_pool::Survey, String> {
+        self.call(|reply| spire_pool::PoolMsg::Survey(scope_of, reply), timeout)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
     /// Calls the current pool and waits up to `timeout` for its answer.
     pub async fn call<T: Send + 'static>(
         &self,

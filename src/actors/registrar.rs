@@ -29,10 +29,12 @@
 //!
 //! # Anti-entropy
 //! Once per `resync_interval` the leader lists every entry once (paged, in a task) and hands each
-//! shard its owned entries as a snapshot: idle cost O(entries) calls per interval, not O(nodes).
-//! A shard whose last write returned after the listing began keeps its own, newer knowledge
-//! (and re-reads its entries, filtered, if the next listing is stale for it too), so a stale
-//! page never overwrites what a write taught it.
+//! shard the digests of its owned entries (`PoolMsg::Survey`: ~8 bytes an entry, never a second
+//! copy of every entry): idle cost O(entries / page size) calls per interval, not O(nodes). A
+//! shard whose knowledge agrees does nothing; one that disagrees re-reads its own entries
+//! (filtered) and repairs them. A shard whose last write returned after the listing began keeps
+//! its own, newer knowledge (and re-reads if the next listing disagrees and is stale for it
+//! too), so a stale page never overwrites what a write taught it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -47,6 +49,7 @@ use tokio::task::JoinHandle;
 use super::{
     POOL_WAIT, PoolHandle, RestartBudget,
     shard::{CLUSTER, NodeShard, Pending, ShardArgs, ShardEvent, ShardMode, ShardMsg, enqueue},
+    spire_pool::{ScopeOf, Survey},
     watcher::{WatchEvent, WatchKind, Watcher, WatcherArgs, WatcherMsg},
 };
 use crate::{
@@ -86,11 +89,11 @@ pub enum RegistrarMsg {
     ResyncTick,
     /// Writes of leaders before `epoch` are over at SPIRE (see `settled_epochs`).
     Settled(u64),
-    /// The periodic listing of every entry, begun at `taken_at` (done by a task).
+    /// The periodic listing of every entry as digests, begun at `taken_at` (done by a task).
     AntiEntropyRead {
         epoch: u64,
         taken_at: std::time::Instant,
-        entries: Result<Vec<Entry>, String>,
+        survey: Result<Survey, String>,
     },
     Bootstrap,
     /// The initial full read for `epoch`, done by a task so the registrar keeps handling its
@@ -423,9 +426,9 @@ impl Actor for Registrar {
                 }
             }
             RegistrarMsg::ResyncTick => start_anti_entropy(&myself, state),
-            RegistrarMsg::AntiEntropyRead { epoch, taken_at, entries } => {
+            RegistrarMsg::AntiEntropyRead { epoch, taken_at, survey } => {
                 state.anti_entropy = false;
-                anti_entropy_read(&myself, state, epoch, taken_at, entries).await;
+                anti_entropy_read(&myself, state, epoch, taken_at, survey).await;
             }
             RegistrarMsg::Settled(epoch) => {
                 let l = *state.args.leadership.borrow();
@@ -524,46 +527,48 @@ fn start_anti_entropy(myself: &ActorRef<RegistrarMsg>, state: &mut RegistrarStat
     state.skipped_ticks = 0;
     state.anti_entropy = true;
     let (pool, me, epoch) = (state.args.pool.clone(), myself.clone(), l.epoch);
+    let (mode, naming) = (state.args.mode, state.args.naming.clone());
+    let scope_of: ScopeOf = Arc::new(move |spec| crate::scope::owner_scope(mode, &naming, spec));
     tokio::spawn(async move {
         let taken_at = std::time::Instant::now();
-        let entries = pool.list(ListFilter::default(), POOL_WAIT).await;
-        let _ = me.cast(RegistrarMsg::AntiEntropyRead { epoch, taken_at, entries });
+        let survey = pool.survey(scope_of, POOL_WAIT).await;
+        let _ = me.cast(RegistrarMsg::AntiEntropyRead { epoch, taken_at, survey });
     });
 }
 
-/// Hands every shard its owned entries from the listing (`ShardMsg::Snapshot`; a shard that
-/// wrote since `taken_at` keeps its own, newer knowledge). Owned entries of a scope with no shard get one, which deletes them.
+/// Hands every shard the digests of its owned entries from the listing (`ShardMsg::Snapshot`:
+/// a shard whose knowledge disagrees re-reads its own entries, unless it wrote since
+/// `taken_at`). Owned entries of a scope with no shard get one, which reads and deletes them.
 async fn anti_entropy_read(
     myself: &ActorRef<RegistrarMsg>,
     state: &mut RegistrarState,
     epoch: u64,
     taken_at: std::time::Instant,
-    entries: Result<Vec<Entry>, String>,
+    survey: Result<Survey, String>,
 ) {
     let l = *state.args.leadership.borrow();
     if !(l.leading && l.epoch == epoch) || state.bootstrapped != Some(epoch) {
         return;
     }
-    let entries = match entries {
-        Ok(e) => e,
+    let mut by_scope = match survey {
+        Ok(s) => s,
         Err(why) => {
             // The next tick tries again; until then every shard keeps what it knows.
             tracing::warn!(error = %why, "Anti-entropy listing of SPIRE entries failed.");
             return;
         }
     };
-    let mut by_scope = state.by_scope(entries);
     for (node, (shard, pending)) in &state.shards {
-        let entries = by_scope.remove(node).unwrap_or_default();
-        enqueue(shard, pending, ShardMsg::Snapshot { taken_at, entries });
+        let digests = by_scope.remove(node).unwrap_or_default();
+        enqueue(shard, pending, ShardMsg::Snapshot { taken_at, digests });
     }
-    for (node, entries) in by_scope {
+    for (node, digests) in by_scope {
         tracing::info!(
             node,
-            entries = entries.len(),
+            entries = digests.len(),
             "Owned entries of a scope without a shard; deleting them."
         );
-        if let Err(e) = spawn_shard(myself, state, &node, Some(entries)).await {
+        if let Err(e) = spawn_shard(myself, state, &node, None).await {
             tracing::error!(node, error = %e, "Could not start node shard.");
         }
     }

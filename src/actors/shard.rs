@@ -54,9 +54,11 @@ pub enum ShardMsg {
     Sync,
     /// Anti-entropy: forget `actual`, re-read it from SPIRE, then sync.
     Resync,
-    /// Anti-entropy from the registrar's listing begun at `taken_at`: this shard's owned entries
-    /// as they were then. Believed only if no write of this shard returned since `taken_at`.
-    Snapshot { taken_at: std::time::Instant, entries: Vec<Entry> },
+    /// Anti-entropy from the registrar's listing begun at `taken_at`: the sorted digests
+    /// (`model::digests`) of this shard's owned entries as they were then. If they disagree with
+    /// what the shard knows, it re-reads its entries, unless a write of this shard returned since
+    /// `taken_at` (then the listing may be the older picture; see the handler).
+    Snapshot { taken_at: std::time::Instant, digests: Vec<u64> },
     /// Test-only fault injection: the handler fails, the supervisor restarts the shard.
     #[cfg(feature = "fault-injection")]
     Fail,
@@ -224,21 +226,21 @@ impl Actor for NodeShard {
                 state.actual = None;
                 sync(&myself, state).await;
             }
-            ShardMsg::Snapshot { taken_at, entries } => {
+            ShardMsg::Snapshot { taken_at, digests } => {
                 state.args.pending.take_one();
                 // Shards handle one message at a time, so every write this shard sent has
                 // returned by now. One that returned after the listing began may be missing
                 // from it (or shown undone): then what the shard knows is newer than the
-                // listing. It keeps its own knowledge once, and re-reads its own entries if the
-                // next listing is stale too (a busy node still gets anti-entropy).
+                // listing, and a disagreement proves nothing. It keeps its own knowledge once,
+                // and re-reads its own entries if the next listing disagrees and is stale too
+                // (a busy node still gets anti-entropy).
+                let agrees = state.actual.as_ref().is_some_and(|a| crate::model::digests(a) == digests);
                 let stale = state.last_write.is_some_and(|w| w >= taken_at);
-                match (stale, state.stale_snapshot) {
-                    (false, _) => {
-                        state.actual = Some(entries);
-                        state.stale_snapshot = false;
-                    }
-                    (true, false) => state.stale_snapshot = true,
-                    (true, true) => {
+                match (agrees, stale, state.stale_snapshot) {
+                    (true, _, _) => state.stale_snapshot = false,
+                    (false, true, false) => state.stale_snapshot = true,
+                    // SPIRE changed behind this shard's back (or twice unclear): read it.
+                    (false, _, _) => {
                         state.actual = None;
                         state.stale_snapshot = false;
                     }

@@ -4,7 +4,7 @@
 //! * Owns: the workers and the request queues. Supervises the workers: a worker that fails is
 //!   replaced on its own; the request it was handling fails back to its caller (the reply port
 //!   is dropped), which retries.
-//! * Receives: `List`, `Get` and `Apply` from shards, the registrar and crd mode's SpiffeID
+//! * Receives: `List`, `Survey`, `Get` and `Apply` from shards, the registrar and crd mode's SpiffeID
 //!   controller; `WorkerDone` from its workers; `Fail` (fault injection).
 //! * Messages its workers, one request each at a time; replies go straight from the worker to
 //!   the caller's reply port.
@@ -35,7 +35,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcR
 use crate::{
     diff::EntryOp,
     leadership::LeadershipRx,
-    model::Entry,
+    model::{Entry, EntrySpec},
     spire::{ItemError, ListFilter, SpireClient, client::CREATE_BATCH},
 };
 
@@ -81,8 +81,17 @@ impl OpOutcome {
 
 pub type ApplyReply = Result<Vec<OpOutcome>, ApplyError>;
 
+/// Which shard scope owns an entry (`None`: not the registrar's); `scope::owner_scope`.
+pub type ScopeOf = std::sync::Arc<dyn Fn(&EntrySpec) -> Option<String> + Send + Sync>;
+
+/// Every owned entry in SPIRE as a digest, by scope: scope → the sorted [`Entry::digest`]s of
+/// its entries. About 8 bytes an entry, where the entries themselves are ~700.
+pub type Survey = std::collections::HashMap<String, Vec<u64>>;
+
 pub enum PoolMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    /// Anti-entropy's listing of every entry, kept only as digests ([`Survey`]).
+    Survey(ScopeOf, RpcReplyPort<Result<Survey, String>>),
     /// The entry with this ID, `None` when there is none.
     Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
     Apply {
@@ -135,7 +144,7 @@ const COMBINED_MAX: usize = 10 * CREATE_BATCH;
 enum Class {
     /// `Apply` and `Get`: event-driven work, first.
     Urgent,
-    /// `List`: anti-entropy and start-up reads.
+    /// `List`, `Survey`: anti-entropy and start-up reads.
     Background,
 }
 
@@ -303,6 +312,9 @@ impl Actor for SpirePool {
             PoolMsg::List(filter, reply) => {
                 state.queues.push(Class::Background, WorkerMsg::List(filter, reply))
             }
+            PoolMsg::Survey(scope_of, reply) => {
+                state.queues.push(Class::Background, WorkerMsg::Survey(scope_of, reply))
+            }
             PoolMsg::Get(id, reply) => state.queues.push(Class::Urgent, WorkerMsg::Get(id, reply)),
             PoolMsg::Apply { ops, fence: Fence::Epoch(epoch), reply } => {
                 state.queues.push(Class::Urgent, WorkerMsg::Apply { parts: vec![Part { ops, reply }], epoch })
@@ -362,6 +374,25 @@ impl Actor for SpirePool {
 
 // === SpireWorker ===
 
+/// Lists every entry, keeping of each owned one only its scope's digest (page by page: the
+/// listing is never held whole).
+async fn survey(
+    client: &SpireClient,
+    scope_of: &(dyn Fn(&EntrySpec) -> Option<String> + Send + Sync),
+) -> Result<Survey, String> {
+    let mut out = Survey::new();
+    client
+        .for_each_entry(&ListFilter::default(), |e| {
+            if let Some(scope) = scope_of(&e.spec) {
+                out.entry(scope).or_default().push(e.digest());
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    out.values_mut().for_each(|d| d.sort_unstable());
+    Ok(out)
+}
+
 /// One caller's ops in a combined write, and where their outcomes go.
 pub struct Part {
     ops: Vec<EntryOp>,
@@ -370,6 +401,7 @@ pub struct Part {
 
 pub enum WorkerMsg {
     List(ListFilter, RpcReplyPort<Result<Vec<Entry>, String>>),
+    Survey(ScopeOf, RpcReplyPort<Result<Survey, String>>),
     Get(String, RpcReplyPort<Result<Option<Entry>, String>>),
     /// The writes of one or more callers, all computed under `epoch`, sent as one.
     Apply {
@@ -385,6 +417,7 @@ impl WorkerMsg {
     fn abandoned(&self) -> bool {
         match self {
             WorkerMsg::List(_, r) => r.is_closed(),
+            WorkerMsg::Survey(_, r) => r.is_closed(),
             WorkerMsg::Get(_, r) => r.is_closed(),
             WorkerMsg::Apply { parts, .. } => parts.iter().all(|p| p.reply.is_closed()),
             #[cfg(feature = "fault-injection")]
@@ -426,6 +459,9 @@ impl Actor for SpireWorker {
             WorkerMsg::List(filter, reply) => {
                 let result = state.client.list_entries(&filter).await.map_err(|e| e.to_string());
                 let _ = reply.send(result);
+            }
+            WorkerMsg::Survey(scope_of, reply) => {
+                let _ = reply.send(survey(&state.client, &*scope_of).await);
             }
             WorkerMsg::Get(id, reply) => {
                 let _ = reply.send(state.client.get_entry(&id).await.map_err(|e| e.to_string()));

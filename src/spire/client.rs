@@ -309,6 +309,32 @@ impl SpireClient {
     /// more. Entries the registrar cannot read (not expected from a real server) are an error
     /// rather than silently dropped, so a caller never mistakes them for absent.
     pub async fn list_entries(&self, filter: &ListFilter) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        self.pages(filter, |e| out.push(e)).await?;
+        Ok(match self.overlay() {
+            Some(overlay) => overlay.view(out, filter),
+            None => out,
+        })
+    }
+
+    /// [`SpireClient::list_entries`], handed to `each` one entry at a time as the pages arrive
+    /// and kept nowhere, so a caller that keeps less than the entry (anti-entropy keeps a digest)
+    /// never holds the whole listing. A dry run's overlay needs the whole listing, so it is
+    /// collected first then.
+    pub async fn for_each_entry(
+        &self,
+        filter: &ListFilter,
+        mut each: impl FnMut(Entry) + Send,
+    ) -> Result<()> {
+        if self.dry_run.is_some() {
+            self.list_entries(filter).await?.into_iter().for_each(each);
+            return Ok(());
+        }
+        self.pages(filter, &mut each).await
+    }
+
+    /// Follows the pages of a listing, as the server answers it (no overlay).
+    async fn pages(&self, filter: &ListFilter, mut each: impl FnMut(Entry) + Send) -> Result<()> {
         let proto_filter = api::list_entries_request::Filter {
             by_parent_id: filter.by_parent_id.as_ref().map(id_to_proto),
             by_spiffe_id: filter.by_spiffe_id.as_ref().map(id_to_proto),
@@ -318,7 +344,6 @@ impl SpireClient {
             }),
             ..Default::default()
         };
-        let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
             let req = api::ListEntriesRequest {
@@ -330,17 +355,13 @@ impl SpireClient {
             let resp =
                 self.call("ListEntries", req, |mut c, r| async move { c.list_entries(r).await }).await?;
             for e in &resp.entries {
-                out.push(entry_from_proto(e)?);
+                each(entry_from_proto(e)?);
             }
             if is_last_page(filter, resp.entries.len(), &resp.next_page_token) {
-                break;
+                return Ok(());
             }
             page_token = resp.next_page_token;
         }
-        Ok(match self.overlay() {
-            Some(overlay) => overlay.view(out, filter),
-            None => out,
-        })
     }
 
     /// Creates entries. For each input, `Ok(entry)` is the created entry, or the existing
