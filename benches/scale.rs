@@ -24,6 +24,11 @@
 //! S` for the resync interval in seconds, default 60); `cargo test`
 //! runs a smoke size so the benchmark itself keeps working. Wall-clock figures on a shared
 //! machine: read the ratios.
+//!
+//! `SCALE_PROFILER="heaptrack -o /tmp/kwr"` runs the registrar under that command (its words,
+//! then the registrar's own command line); RSS and CPU are still the registrar's own, and it
+//! gets SIGTERM at the end so the profiler can write its data. Timings under a profiler are the
+//! profiler's, not ours.
 
 #[path = "../tests/integration/stack/mod.rs"]
 #[allow(dead_code)]
@@ -306,7 +311,7 @@ async fn check_count(client: &SpireClient, want: usize) {
     assert_eq!(n, want, "SPIRE holds {n} entries, {want} desired");
 }
 
-fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync: Duration) -> stack::Proc {
+fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync: Duration) -> Registrar {
     let config = dir.join("registrar.conf");
     std::fs::write(
         &config,
@@ -321,13 +326,63 @@ fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync:
     )
     .unwrap();
     let kubeconfig = kube.kubeconfig.display().to_string();
-    stack::Proc::spawn_env(
+    let bin = env!("CARGO_BIN_EXE_k8s-workload-registrar");
+    let config = config.display().to_string();
+    let profiler = std::env::var("SCALE_PROFILER").unwrap_or_default();
+    let mut words: Vec<&str> = profiler.split_whitespace().collect();
+    let program = if words.is_empty() { bin } else { words.remove(0) };
+    if !profiler.is_empty() {
+        words.push(bin);
+    }
+    words.extend(["-config", config.as_str()]);
+    let proc = stack::Proc::spawn_env(
         "registrar",
-        Path::new(env!("CARGO_BIN_EXE_k8s-workload-registrar")),
-        &["-config", &config.display().to_string()],
+        Path::new(program),
+        &words,
         dir,
         &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", "bench")],
-    )
+    );
+    let pid = if profiler.is_empty() { proc.pid() } else { profiled_pid(&config) };
+    Registrar { proc, pid }
+}
+
+/// The registrar process (under `SCALE_PROFILER`, the profiler's child, not the profiler).
+struct Registrar {
+    proc: stack::Proc,
+    pid: u32,
+}
+
+impl Registrar {
+    /// Stops the registrar; under a profiler gracefully first (SIGTERM, then waits for it to
+    /// exit), so the profiler's data is complete.
+    fn stop(&self) {
+        if self.pid != self.proc.pid() {
+            let _ = std::process::Command::new("kill").arg(self.pid.to_string()).status();
+            let gone = Instant::now() + Duration::from_secs(120);
+            while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < gone {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.proc.kill();
+    }
+}
+
+/// The pid of the registrar started with `config` (found by its command line).
+fn profiled_pid(config: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let argv: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_ours = argv.first().is_some_and(|a| a.ends_with(b"k8s-workload-registrar"));
+            if is_ours && argv.iter().any(|a| *a == config.as_bytes()) {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no registrar process started under SCALE_PROFILER");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The sum of the series of counter `name` with `labels` in the Prometheus text served on `port`.
@@ -397,11 +452,11 @@ async fn main() {
     )
     .await;
     check_count(&spire_client, total).await;
-    let after_cold_kib = vm_hwm_kib(registrar.pid());
+    let after_cold_kib = vm_hwm_kib(registrar.pid);
     let telemetry = spire.telemetry_port.unwrap();
     let cold_creates =
         spire_counter(telemetry, "spire_server_rpc_entry_v1_entry_batch_create_entry", &[]).await;
-    let cold_cpu = cpu_seconds(registrar.pid());
+    let cold_cpu = cpu_seconds(registrar.pid);
 
     // 3. Steady state, with a resync inside the window.
     let gap = size.resync.mul_f64(1.5) / size.steady_pods as u32;
@@ -447,8 +502,8 @@ async fn main() {
     let idle_lists = spire_counter(telemetry, LISTS, &[]).await - lists0;
     let idle_writes = count_writes().await - writes0;
     let per_minute = idle_lists * 60.0 / window.as_secs_f64();
-    let hwm_kib = vm_hwm_kib(registrar.pid());
-    registrar.kill();
+    let hwm_kib = vm_hwm_kib(registrar.pid);
+    registrar.stop();
     let direct = steady_floor(&spire, &size, size.steady_pods).await;
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
