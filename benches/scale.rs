@@ -376,7 +376,7 @@ fn profiled_pid(config: &str) -> u32 {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let argv: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
             let is_ours = argv.first().is_some_and(|a| a.ends_with(b"k8s-workload-registrar"));
-            if is_ours && argv.iter().any(|a| *a == config.as_bytes()) {
+            if is_ours && argv.contains(&config.as_bytes()) {
                 return pid;
             }
         }

@@ -50,6 +50,10 @@ pub fn describe() {
     );
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
     describe_counter!(
+        "registrar_write_turn_waits_total",
+        "Node syncs that had writes but waited for one of the bounded write turns (start-up, mass changes)."
+    );
+    describe_counter!(
         "registrar_spiffeid_writes_total",
         "SpiffeID writes (crd mode), by op: apply, delete, status, finalizer."
     );
@@ -131,6 +135,7 @@ pub fn preinitialise() {
         metrics::counter!("registrar_invalid_identity_total", "reason" => reason).increment(0);
     }
     metrics::counter!("registrar_sync_failures_total").increment(0);
+    metrics::counter!("registrar_write_turn_waits_total").increment(0);
     for kind in crate::progress::Owned::KINDS {
         metrics::gauge!("registrar_owned_entries", "kind" => kind).set(0.0);
     }

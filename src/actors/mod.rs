@@ -33,11 +33,31 @@ use crate::{model, spire};
 /// queued behind a large start-up, and queue them again at the back.
 pub const POOL_WAIT: Duration = Duration::from_secs(600);
 
+/// How many shards may have writes computed and waiting in (or running on) the pool at once.
+/// Enough queued callers for the pool to fill its combined writes (`spire_pool::COMBINED_MAX`,
+/// ten nodes' worth) on every worker with the next ones ready; few enough that a start-up at
+/// 100k pods holds a few thousand pending ops, not every desired entry at once (the ops of
+/// 2,000 nodes waiting together were the largest part of peak memory).
+pub const WRITERS: usize = 64;
+
 /// A late-bound reference to the SPIRE pool: the pool's supervisor swaps in the new pool when
 /// it restarts a failed one, and every caller sees it on its next call. Unset until the pool has
-/// started (callers then get "unavailable", like during a pool restart).
-#[derive(Clone, Default)]
-pub struct PoolHandle(Arc<RwLock<Option<ActorRef<spire_pool::PoolMsg>>>>);
+/// started (callers then get "unavailable", like during a pool restart). Also the shards' write
+/// admission ([`PoolHandle::admit`]), which outlives pool restarts.
+#[derive(Clone)]
+pub struct PoolHandle {
+    pool: Arc<RwLock<Option<ActorRef<spire_pool::PoolMsg>>>>,
+    writers: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for PoolHandle {
+    fn default() -> Self {
+        Self { pool: Default::default(), writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)) }
+    }
+}
+
+/// A shard's turn to write (see [`PoolHandle::admit`]); the turn ends when this is dropped.
+pub struct WriteTurn(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// Why a call to the pool produced no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,15 +70,29 @@ pub enum PoolError {
 
 impl PoolHandle {
     pub fn new(pool: ActorRef<spire_pool::PoolMsg>) -> Self {
-        Self(Arc::new(RwLock::new(Some(pool))))
+        let handle = Self::default();
+        handle.set(pool);
+        handle
+    }
+
+    /// A turn to write now, if one of the [`WRITERS`] turns is free.
+    pub fn try_admit(&self) -> Option<WriteTurn> {
+        self.writers.clone().try_acquire_owned().ok().map(WriteTurn)
+    }
+
+    /// Waits (first come, first served) for a turn to write. A caller that waited should compute
+    /// its writes afresh: the cluster may have changed meanwhile.
+    pub async fn admit(&self) -> WriteTurn {
+        // The semaphore is never closed.
+        WriteTurn(self.writers.clone().acquire_owned().await.expect("write admission is never closed"))
     }
 
     pub fn get(&self) -> Option<ActorRef<spire_pool::PoolMsg>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pool.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set(&self, pool: ActorRef<spire_pool::PoolMsg>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
     }
 
     /// The entries matching `filter` (paged by the worker), or why there is no answer.
@@ -141,7 +175,31 @@ pub struct BudgetExhausted {
 
 #[cfg(test)]
 mod tests {
-    use super::RestartBudget;
+    use super::{PoolHandle, RestartBudget, WRITERS};
+
+    #[tokio::test]
+    async fn write_turns_are_bounded_shared_and_handed_on() {
+        let pool = PoolHandle::default();
+        let clone = pool.clone();
+        let turns: Vec<_> = (0..WRITERS).map(|_| clone.try_admit().expect("a free turn")).collect();
+        assert!(pool.try_admit().is_none(), "clones share the {WRITERS} turns");
+        let (first, second) = (
+            tokio::spawn({
+                let p = pool.clone();
+                async move { p.admit().await }
+            }),
+            tokio::spawn({
+                let p = pool.clone();
+                async move { p.admit().await }
+            }),
+        );
+        tokio::task::yield_now().await;
+        assert!(!first.is_finished() && !second.is_finished(), "waiters wait while every turn is taken");
+        drop(turns);
+        let (a, b) = (first.await.unwrap(), second.await.unwrap());
+        assert!(pool.try_admit().is_some(), "a turn comes back when dropped");
+        drop((a, b));
+    }
 
     #[test]
     fn the_budget_allows_max_restarts_then_escalates() {

@@ -418,19 +418,30 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
             Err(e) => return retry_later(myself, state, &e),
         },
     };
-    let want = desired(state).await;
-    // A spec SPIRE refused for good is not sent again until the object (so the spec) changes.
-    state.rejected.retain(|spec| want.contains(spec));
-    let mut ops = diff(&want, &actual);
-    ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
-    if state.args.mode == ShardMode::Cluster {
-        hold_young_deletes(&mut ops, &mut state.suspects);
-    }
+    let mut ops = plan(state, &actual).await;
     if ops.is_empty() {
         state.actual = Some(actual);
         finish(state, start);
         return;
     }
+    // Bounded start-up: at most `WRITERS` shards hold computed writes at once. A shard that has
+    // to wait does not keep its ops meanwhile (at start, every shard is here at once) and plans
+    // again once admitted, from the cluster as it is then.
+    let _turn = match state.args.pool.try_admit() {
+        Some(turn) => turn,
+        None => {
+            drop(ops);
+            metrics::counter!("registrar_write_turn_waits_total").increment(1);
+            let turn = state.args.pool.admit().await;
+            ops = plan(state, &actual).await;
+            if ops.is_empty() {
+                state.actual = Some(actual);
+                finish(state, start);
+                return;
+            }
+            turn
+        }
+    };
     tracing::debug!(node = %state.args.node, ops = ops.len(), "Writing entry changes.");
     let reply = state
         .args
@@ -482,6 +493,23 @@ async fn sync(myself: &ActorRef<ShardMsg>, state: &mut ShardState) {
     }
     state.actual = Some(next);
     finish(state, start);
+}
+
+/// The writes that turn `actual` into this scope's desired state, less what SPIRE refused for
+/// good and (cluster mode) deletions still in their grace period.
+async fn plan(state: &mut ShardState, actual: &[Entry]) -> Vec<EntryOp> {
+    let want = desired(state).await;
+    // A spec SPIRE refused for good is not sent again until the object (so the spec) changes.
+    state.rejected.retain(|spec| want.contains(spec));
+    let mut ops = diff(&want, actual);
+    // The ops copy what they need; keeping `want` alive while they wait for the pool would hold
+    // every desired spec twice.
+    drop(want);
+    ops.retain(|op| op.spec().is_none_or(|spec| !state.rejected.contains(spec)));
+    if state.args.mode == ShardMode::Cluster {
+        hold_young_deletes(&mut ops, &mut state.suspects);
+    }
+    ops
 }
 
 /// Cluster mode's deletion policy: a delete goes out only once its entry has been undesired for

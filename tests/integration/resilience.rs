@@ -327,9 +327,10 @@ async fn idle_anti_entropy_lists_once_per_interval_and_writes_nothing() {
     converge(&spire, expected).await;
 }
 
-/// A relist changes nothing in SPIRE: 30 nodes × 100 pods, then watchers forced to relist (fault
+/// A relist changes nothing in SPIRE: 75 nodes × 40 pods, then watchers forced to relist (fault
 /// injection) and the API server restarted, with no change in the cluster: every entry keeps its
-/// ID, and the registrar makes no create, update or delete.
+/// ID, and the registrar makes no create, update or delete. 75 nodes are more than the 64 write
+/// turns, so the cold start also shows that shards which wait for a turn converge exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relists_change_no_entry() {
     use futures::StreamExt;
@@ -339,28 +340,33 @@ async fn relists_change_no_entry() {
     let spire = stack.spire.client();
     create_namespace(&k, "a").await;
     let mut expected = Vec::new();
-    for n in 0..30 {
+    const NODES: usize = 75;
+    const PODS: usize = 40;
+    for n in 0..NODES {
         let node = format!("n{n}");
         create_node(&k, &node).await;
         expected.push(node_entry("c", &node));
-        expected.extend((0..100).map(|p| pod_entry("c", &node, "a", &format!("{node}-p{p}"), "/ns/a/sa/s")));
+        expected.extend((0..PODS).map(|p| pod_entry("c", &node, "a", &format!("{node}-p{p}"), "/ns/a/sa/s")));
     }
-    futures::stream::iter(0..3000)
+    futures::stream::iter(0..NODES * PODS)
         .for_each_concurrent(16, |i| {
             let k = k.clone();
             async move {
-                let node = format!("n{}", i / 100);
-                pod("a", &format!("{node}-p{}", i % 100)).on(&node).sa("s").create(&k).await;
+                let node = format!("n{}", i / PODS);
+                pod("a", &format!("{node}-p{}", i % PODS)).on(&node).sa("s").create(&k).await;
             }
         })
         .await;
     let reg = Registrar::start(&stack, "reg", "c", "").await;
     reg.wait_ready().await;
-    eventually("3030 entries", Duration::from_secs(300), || async {
-        (spire.count_entries().await.ok()? == 3030).then_some(())
+    let total = NODES * (PODS + 1);
+    eventually(&format!("{total} entries"), Duration::from_secs(300), || async {
+        (spire.count_entries().await.ok()? as usize == total).then_some(())
     })
     .await;
     let before = converge(&spire, expected.clone()).await;
+    let waited = metric_value(&reg.metrics().await, "registrar_write_turn_waits_total", &[]).unwrap();
+    assert!(waited > 0.0, "no shard waited for a write turn: the test does not show that waiting converges");
     let ids = |entries: &[Entry]| entries.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>();
     let writes = |m: &str| metric_value(m, "registrar_entry_ops_total", &[]).unwrap_or(0.0);
     let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
@@ -378,10 +384,10 @@ async fn relists_change_no_entry() {
     // A restarted API server: the watches reconnect (and relist if their version is gone).
     stack.kube.restart_apiserver().await;
     let p0 = passes(&reg.metrics().await);
-    // Two anti-entropy rounds after both (30 shard passes each; resync 2 s) compare every shard's
-    // desired state, computed from the relisted cache, with SPIRE.
+    // Two anti-entropy rounds after both (one pass per shard each; resync 2 s) compare every
+    // shard's desired state, computed from the relisted cache, with SPIRE.
     eventually("two anti-entropy rounds", Duration::from_secs(60), || async {
-        (passes(&reg.metrics().await) >= p0 + 60.0).then_some(())
+        (passes(&reg.metrics().await) >= p0 + 2.0 * NODES as f64).then_some(())
     })
     .await;
     let after = converge(&spire, expected).await;
