@@ -110,6 +110,26 @@ impl PodInfo {
     }
 }
 
+/// The pod labels and annotations the rules read. A cached pod keeps only these: a real pod's
+/// metadata can be kilobytes (`kubectl.kubernetes.io/last-applied-configuration` holds the whole
+/// manifest) and tenants choose its size.
+///
+/// Invariant: [`Naming`]'s rules give the same result for a pod and for that pod after
+/// [`MetadataKeys::keep`] (a rule that reads a new key must add it here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataKeys {
+    pub labels: Vec<String>,
+    pub annotations: Vec<String>,
+}
+
+impl MetadataKeys {
+    /// The pairs of `map` whose key is one of `keys`.
+    pub fn keep(keys: &[String], map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+        let Some(map) = map else { return BTreeMap::new() };
+        keys.iter().filter_map(|k| map.get_key_value(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
 /// What the registrar needs to know about a Node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -448,6 +468,19 @@ impl Naming {
         };
         entry.parent_id == cluster_id
             || (entry.spiffe_id == cluster_id && entry.parent_id == self.server_id())
+    }
+
+    /// The labels and annotations [`Naming`]'s rules read: the ID source's key, if any, and the
+    /// federation annotation.
+    pub fn metadata_keys(&self) -> MetadataKeys {
+        let mut keys =
+            MetadataKeys { labels: Vec::new(), annotations: vec![FEDERATES_WITH_ANNOTATION.to_string()] };
+        match &self.id_source {
+            IdSource::ServiceAccount => {}
+            IdSource::Label(key) => keys.labels.push(key.clone()),
+            IdSource::Annotation(key) => keys.annotations.push(key.clone()),
+        }
+        keys
     }
 
     // ---------------------------------------------------------------- shared rules

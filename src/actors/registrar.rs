@@ -270,6 +270,7 @@ async fn spawn_watcher(
         cache: state.args.cache.clone(),
         notify: myself.get_derived(),
         kube: state.args.readiness.kube.clone(),
+        pod_keys: state.args.naming.metadata_keys(),
     };
     let (w, _) = Actor::spawn_linked(None, Watcher, args, myself.get_cell()).await?;
     state.children.insert(w.get_id(), (ChildKind::Watcher(kind), None));

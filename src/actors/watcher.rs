@@ -1,6 +1,6 @@
 //! `Watcher`: one per resource kind (Pods, Nodes, EndpointSlices). Runs a kube-runtime watcher
-//! (list + watch with backoff, no streaming lists), strips each object to the core's plain data,
-//! keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
+//! (list + watch with backoff, no streaming lists), strips each object to the core's plain data
+//! (of a pod's labels and annotations, only the keys the rules read), keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
 //!
 //! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer (of
 //!   stripped objects: each listed object is stripped as it arrives).
@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
-    identity::{EndpointSliceInfo, NodeInfo, PodInfo},
+    identity::{EndpointSliceInfo, MetadataKeys, NodeInfo, PodInfo},
     k8s::{cache::ClusterCache, convert},
     readiness::Reachability,
 };
@@ -94,6 +94,8 @@ pub struct WatcherArgs {
     pub notify: DerivedActorRef<WatchEvent>,
     /// Told of every watch error and every answer, for `/readyz`.
     pub kube: Reachability,
+    /// The pod labels and annotations the rules read; the cache keeps no others.
+    pub pod_keys: MetadataKeys,
 }
 
 pub struct Watcher;
@@ -114,7 +116,7 @@ impl Actor for Watcher {
         myself: ActorRef<WatcherMsg>,
         args: WatcherArgs,
     ) -> Result<WatcherState, ActorProcessingErr> {
-        let (client, kube) = (&args.client, args.kube.clone());
+        let (client, kube, pod_keys) = (&args.client, args.kube.clone(), args.pod_keys.clone());
         let task = match args.kind {
             WatchKind::Pods => spawn_stream(
                 args.kind,
@@ -122,7 +124,7 @@ impl Actor for Watcher {
                 kube,
                 myself,
                 Strip::<Pod, PodInfo> {
-                    one: convert::pod_info,
+                    one: Box::new(move |p| convert::cached_pod_info(p, &pod_keys)),
                     applied: |p| Delta::Pod(Box::new(p)),
                     gone: |p| {
                         Some(Delta::PodGone {
@@ -139,7 +141,7 @@ impl Actor for Watcher {
                 kube,
                 myself,
                 Strip::<Node, NodeInfo> {
-                    one: convert::node_info,
+                    one: Box::new(convert::node_info),
                     applied: Delta::Node,
                     gone: |n| n.metadata.name.clone().map(Delta::NodeGone),
                     listed: Delta::Nodes,
@@ -151,7 +153,7 @@ impl Actor for Watcher {
                 kube,
                 myself,
                 Strip::<EndpointSlice, (String, EndpointSliceInfo)> {
-                    one: |s| Some((s.metadata.name.clone()?, convert::slice_info(s)?)),
+                    one: Box::new(|s| Some((s.metadata.name.clone()?, convert::slice_info(s)?))),
                     applied: |(name, s)| Delta::Slice(name, s),
                     gone: |s| {
                         Some(Delta::SliceGone {
@@ -242,12 +244,15 @@ fn apply(args: &WatcherArgs, delta: Delta) -> Result<(), ActorProcessingErr> {
     Ok(())
 }
 
+/// One object to the core's plain data (a closure: pods need the metadata keys to keep).
+type Convert<K, T> = Box<dyn Fn(&K) -> Option<T> + Send>;
+
 /// How one kind's objects become the core's plain data. Every object is stripped the moment it
 /// arrives, including each object of a (re)list, so the full objects of a list are never held
 /// at once (the relist buffer holds only stripped data).
 struct Strip<K, T> {
     /// The fields the core reads; `None` for objects it ignores (e.g. a pod without a name).
-    one: fn(&K) -> Option<T>,
+    one: Convert<K, T>,
     applied: fn(T) -> Delta,
     gone: fn(&K) -> Option<Delta>,
     /// A complete (re)list, in one step (see `ClusterCache`'s replace functions).

@@ -39,7 +39,8 @@ pub async fn run(cfg: &Config, kube_config: Option<kube::Config>) -> Result<Plan
     let spire = super::spire_client(&cfg.server).await?;
     let cache = ClusterCache::default();
     let pods: Vec<Pod> = list_all(Api::all(client.clone())).await?;
-    cache.replace_pods(pods.iter().filter_map(convert::pod_info).collect());
+    let keys = naming.metadata_keys();
+    cache.replace_pods(pods.iter().filter_map(|p| convert::cached_pod_info(p, &keys)).collect());
     if mode == ShardMode::PerNode {
         let nodes: Vec<Node> = list_all(Api::all(client.clone())).await?;
         cache.replace_nodes(nodes.iter().filter_map(convert::node_info).collect());

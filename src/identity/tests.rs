@@ -522,7 +522,41 @@ fn pod_with_slices() -> impl Strategy<Value = (PodInfo, Vec<EndpointSliceInfo>)>
     })
 }
 
+/// Metadata keys a pod may carry: the ones the rules read and others.
+fn metadata_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("spiffe.io/id".to_string()),
+        Just(FEDERATES_WITH_ANNOTATION.to_string()),
+        Just("kubectl.kubernetes.io/last-applied-configuration".to_string()),
+        "[a-z]{1,6}",
+    ]
+}
+
+fn metadata_value() -> impl Strategy<Value = String> {
+    prop_oneof![segment(), Just("a.org, b.org".to_string()), Just("example.org".to_string()), "[ -~]{0,12}"]
+}
+
 proptest! {
+    #[test]
+    fn rules_read_only_the_metadata_keys_they_name(
+        pod in scheduled_pod(),
+        labels in prop::collection::btree_map(metadata_key(), metadata_value(), 0..4),
+        annotations in prop::collection::btree_map(metadata_key(), metadata_value(), 0..4),
+    ) {
+        let mut pod = pod;
+        pod.labels.extend(labels);
+        pod.annotations.extend(annotations);
+        for naming in [Naming::test(), label_mode(), annotation_mode()] {
+            let keys = naming.metadata_keys();
+            let kept = PodInfo {
+                labels: MetadataKeys::keep(&keys.labels, Some(&pod.labels)),
+                annotations: MetadataKeys::keep(&keys.annotations, Some(&pod.annotations)),
+                ..pod.clone()
+            };
+            prop_assert_eq!(naming.pod_entry_with_warnings(&kept, &[]), naming.pod_entry_with_warnings(&pod, &[]));
+        }
+    }
+
     #[test]
     fn values_of_valid_segments_build_ids(segments in prop::collection::vec(segment(), 1..5), lead in any::<bool>()) {
         let value = format!("{}{}", if lead { "/" } else { "" }, segments.join("/"));

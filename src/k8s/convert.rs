@@ -1,14 +1,35 @@
 //! Kubernetes objects → the identity core's plain data. Only the fields the core reads are
 //! kept, which is also what keeps the caches small (no managedFields, specs or statuses).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::{
     core::v1::{Node, Pod},
     discovery::v1::EndpointSlice,
 };
 
-use crate::identity::{EndpointSliceInfo, NodeInfo, PodInfo, SliceEndpoint};
+use crate::identity::{EndpointSliceInfo, MetadataKeys, NodeInfo, PodInfo, SliceEndpoint};
 
+/// A pod with every label and annotation, for one-off reads (an admission review, a crd
+/// projection pass).
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let meta = &pod.metadata;
+    pod_with(pod, meta.labels.clone().unwrap_or_default(), meta.annotations.clone().unwrap_or_default())
+}
+
+/// A pod as the cache holds it: only the labels and annotations the rules read (`keys`, from
+/// [`crate::identity::Naming::metadata_keys`]), so a tenant's large metadata costs nothing.
+pub fn cached_pod_info(pod: &Pod, keys: &MetadataKeys) -> Option<PodInfo> {
+    let meta = &pod.metadata;
+    let labels = MetadataKeys::keep(&keys.labels, meta.labels.as_ref());
+    pod_with(pod, labels, MetadataKeys::keep(&keys.annotations, meta.annotations.as_ref()))
+}
+
+fn pod_with(
+    pod: &Pod,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+) -> Option<PodInfo> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
@@ -22,8 +43,8 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .and_then(|s| s.service_account_name.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".to_string()),
-        labels: meta.labels.clone().unwrap_or_default(),
-        annotations: meta.annotations.clone().unwrap_or_default(),
+        labels,
+        annotations,
         pod_ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
         terminal: matches!(phase, Some("Succeeded" | "Failed")),
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_default(),
@@ -57,4 +78,51 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn the_cache_keeps_only_the_metadata_the_rules_read() {
+        let big = "x".repeat(64 * 1024);
+        let pod = Pod {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("web".into()),
+                labels: map(&[("app", "web"), ("spiffe.io/id", "pay")]),
+                annotations: map(&[
+                    ("kubectl.kubernetes.io/last-applied-configuration", &big),
+                    ("spiffe.io/federatesWith", "a.org"),
+                ]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let keys = MetadataKeys {
+            labels: vec!["spiffe.io/id".into(), "absent".into()],
+            annotations: vec!["spiffe.io/federatesWith".into()],
+        };
+        let cached = cached_pod_info(&pod, &keys).unwrap();
+        assert_eq!(Some(cached.labels), map(&[("spiffe.io/id", "pay")]));
+        assert_eq!(Some(cached.annotations), map(&[("spiffe.io/federatesWith", "a.org")]));
+        // One-off reads see everything.
+        let full = pod_info(&pod).unwrap();
+        assert_eq!((full.labels.len(), full.annotations.len()), (2, 2));
+        assert_eq!(
+            PodInfo { labels: Default::default(), annotations: Default::default(), ..full },
+            PodInfo {
+                labels: Default::default(),
+                annotations: Default::default(),
+                ..cached_pod_info(&pod, &keys).unwrap()
+            }
+        );
+    }
 }
