@@ -21,7 +21,8 @@
 //!
 //! `cargo bench --bench scale` runs 10,000 pods on 200 nodes in one namespace (`-- --pods N` for
 //! other sizes: N/50 nodes; `-- --namespaces K` spreads the pods over K namespaces; `-- --resync
-//! S` for the resync interval in seconds, default 60); `cargo test`
+//! S` for the resync interval in seconds, default 60; `-- --annotation-bytes B` gives every pod an
+//! annotation of B bytes that no rule reads, as real pods carry); `cargo test`
 //! runs a smoke size so the benchmark itself keeps working. Wall-clock figures on a shared
 //! machine: read the ratios.
 //!
@@ -65,6 +66,9 @@ struct Size {
     namespaces: usize,
     resync: Duration,
     steady_pods: usize,
+    /// Each pod carries an annotation of this many bytes that no rule reads (as a
+    /// `kubectl.kubernetes.io/last-applied-configuration` would).
+    annotation_bytes: usize,
 }
 
 impl Size {
@@ -83,6 +87,7 @@ impl Size {
                 namespaces: 1,
                 resync: Duration::from_secs(2),
                 steady_pods: 20,
+                annotation_bytes: 1024,
             };
         }
         let pods = value("--pods").unwrap_or(10_000) as usize;
@@ -92,6 +97,7 @@ impl Size {
             namespaces: value("--namespaces").unwrap_or(1).max(1) as usize,
             resync: Duration::from_secs(value("--resync").unwrap_or(60)),
             steady_pods: 200,
+            annotation_bytes: value("--annotation-bytes").unwrap_or(0) as usize,
         }
     }
 }
@@ -160,9 +166,13 @@ fn pod_entry(ns: &str, sa: &str, pod: &str, n: usize) -> EntrySpec {
     }
 }
 
-async fn create_pod(pods: &Api<Pod>, name: &str, sa: &str, node: &str) {
+async fn create_pod(pods: &Api<Pod>, name: &str, sa: &str, node: &str, annotation_bytes: usize) {
+    let annotations = match annotation_bytes {
+        0 => json!({}),
+        n => json!({"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(n)}),
+    };
     let p: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": annotations},
         "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     }))
     .unwrap();
@@ -188,8 +198,10 @@ async fn populate(client: &kube::Client, size: &Size) {
     futures::stream::iter(0..size.pods)
         .for_each_concurrent(32, |p| {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &ns_of(size, p));
-            let nodes = size.nodes;
-            async move { create_pod(&pods, &format!("p{p}"), &format!("sa{p}"), &node_name(p % nodes)).await }
+            let (nodes, bytes) = (size.nodes, size.annotation_bytes);
+            async move {
+                create_pod(&pods, &format!("p{p}"), &format!("sa{p}"), &node_name(p % nodes), bytes).await
+            }
         })
         .await;
 }
@@ -220,8 +232,7 @@ const FLOOR_TIMEOUT: Duration = Duration::from_secs(3600);
 /// datastore, unlike asking it).
 async fn committed_creates(spire: &stack::Spire) -> usize {
     let port = spire.telemetry_port.expect("spire-server started with telemetry");
-    spire_counter(port, "spire_server_datastore_registration_entry_create", &[("status", "OK")]).await
-        as usize
+    prom_counter(port, "spire_server_datastore_registration_entry_create", &[("status", "OK")]).await as usize
 }
 
 /// When the first and the last of `want` creates were committed, since a phase's start.
@@ -313,6 +324,7 @@ async fn check_count(client: &SpireClient, want: usize) {
 
 fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync: Duration) -> Registrar {
     let config = dir.join("registrar.conf");
+    let port = stack::free_port();
     std::fs::write(
         &config,
         format!(
@@ -320,7 +332,6 @@ fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync:
              mode = \"reconcile\"\nmetrics_addr = \"127.0.0.1:{port}\"\n\
              resync_interval = \"{secs}s\"\n",
             sock = spire.socket.display(),
-            port = stack::free_port(),
             secs = resync.as_secs(),
         ),
     )
@@ -343,13 +354,14 @@ fn start_registrar(dir: &Path, kube: &stack::Kube, spire: &stack::Spire, resync:
         &[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAMESPACE", "default"), ("POD_NAME", "bench")],
     );
     let pid = if profiler.is_empty() { proc.pid() } else { profiled_pid(&config) };
-    Registrar { proc, pid }
+    Registrar { proc, pid, metrics_port: port }
 }
 
 /// The registrar process (under `SCALE_PROFILER`, the profiler's child, not the profiler).
 struct Registrar {
     proc: stack::Proc,
     pid: u32,
+    metrics_port: u16,
 }
 
 impl Registrar {
@@ -386,7 +398,7 @@ fn profiled_pid(config: &str) -> u32 {
 }
 
 /// The sum of the series of counter `name` with `labels` in the Prometheus text served on `port`.
-async fn spire_counter(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+async fn prom_counter(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (_, body) = registrar::http_request(port, "GET", "/metrics").await;
     registrar::metric_value(&body, name, labels).unwrap_or(0.0)
 }
@@ -455,7 +467,7 @@ async fn main() {
     let after_cold_kib = vm_hwm_kib(registrar.pid);
     let telemetry = spire.telemetry_port.unwrap();
     let cold_creates =
-        spire_counter(telemetry, "spire_server_rpc_entry_v1_entry_batch_create_entry", &[]).await;
+        prom_counter(telemetry, "spire_server_rpc_entry_v1_entry_batch_create_entry", &[]).await;
     let cold_cpu = cpu_seconds(registrar.pid);
 
     // 3. Steady state, with a resync inside the window.
@@ -468,13 +480,14 @@ async fn main() {
         let ns = ns_of(&size, i);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let id = SpiffeId::from_path(&td(), &format!("/ns/{ns}/sa/{sa}")).unwrap();
-        let lists_before = spire_counter(telemetry, LISTS, &[]).await;
+        let lists_before = prom_counter(telemetry, LISTS, &[]).await;
         let before = committed_creates(&spire).await;
         let t = Instant::now();
-        create_pod(&pods, &format!("steady{i}"), &sa, &node_name(i % size.nodes)).await;
+        create_pod(&pods, &format!("steady{i}"), &sa, &node_name(i % size.nodes), size.annotation_bytes)
+            .await;
         let took = wait_for_steady(&spire, before + 1, t).await;
         // Read before this sample's own check below (a ListEntries call, too).
-        if spire_counter(telemetry, LISTS, &[]).await > lists_before {
+        if prom_counter(telemetry, LISTS, &[]).await > lists_before {
             during_listing.push(took);
         }
         let filter = ListFilter { by_spiffe_id: Some(id), ..Default::default() };
@@ -492,26 +505,30 @@ async fn main() {
     let count_writes = || async {
         let mut n = 0.0;
         for w in &writes {
-            n += spire_counter(telemetry, w, &[]).await;
+            n += prom_counter(telemetry, w, &[]).await;
         }
         n
     };
-    let (lists0, writes0) = (spire_counter(telemetry, LISTS, &[]).await, count_writes().await);
+    let (lists0, writes0) = (prom_counter(telemetry, LISTS, &[]).await, count_writes().await);
     let window = size.resync * 2;
     tokio::time::sleep(window).await;
-    let idle_lists = spire_counter(telemetry, LISTS, &[]).await - lists0;
+    let idle_lists = prom_counter(telemetry, LISTS, &[]).await - lists0;
     let idle_writes = count_writes().await - writes0;
     let per_minute = idle_lists * 60.0 / window.as_secs_f64();
     let hwm_kib = vm_hwm_kib(registrar.pid);
+    // A pool call that timed out (or any other failed sync) is retried, and counted here.
+    let sync_failures = prom_counter(registrar.metrics_port, "registrar_sync_failures_total", &[]).await;
+    let turn_waits = prom_counter(registrar.metrics_port, "registrar_write_turn_waits_total", &[]).await;
     registrar.stop();
     let direct = steady_floor(&spire, &size, size.steady_pods).await;
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "scale bench: {} pods on {} nodes in {} namespace(s) ({} entries), resync {:?}; cluster populated in {:.1?}",
+        "scale bench: {} pods on {} nodes in {} namespace(s) ({} entries), a {}-byte annotation per pod, resync {:?}; cluster populated in {:.1?}",
         size.pods,
         size.nodes,
         size.namespaces,
+        size.annotation_bytes,
         specs.len(),
         size.resync,
         populated
@@ -560,6 +577,9 @@ async fn main() {
         "  peak RSS (VmHWM): {:.1} MiB after cold convergence, {:.1} MiB at the end",
         after_cold_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "  registrar: {sync_failures} failed syncs (pool-call timeouts among them), {turn_waits} write-turn waits"
     );
     assert_eq!(idle_writes, 0.0, "an idle registrar wrote to SPIRE");
 }

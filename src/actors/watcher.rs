@@ -1,6 +1,7 @@
 //! `Watcher`: one per resource kind (Pods, Nodes, EndpointSlices). Runs a kube-runtime watcher
 //! (list + watch with backoff, no streaming lists), strips each object to the core's plain data
-//! (of a pod's labels and annotations, only the keys the rules read), keeps the shared [`ClusterCache`] current, and tells the registrar which nodes changed.
+//! (of a pod's labels and annotations, only the keys the rules read), keeps the shared
+//! [`ClusterCache`] current, and tells the registrar which nodes changed.
 //!
 //! * Owns: the watch stream task (aborted when the actor stops) and its relist buffer (of
 //!   stripped objects: each listed object is stripped as it arrives).
