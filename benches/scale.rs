@@ -528,8 +528,8 @@ async fn main() {
         size.pods,
         size.nodes,
         size.namespaces,
-        size.annotation_bytes,
         specs.len(),
+        size.annotation_bytes,
         size.resync,
         populated
     );
