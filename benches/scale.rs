@@ -520,11 +520,13 @@ async fn main() {
         n
     };
     let (lists0, writes0) = (prom_counter(telemetry, LISTS, &[]).await, count_writes().await);
+    let cpu0 = cpu_seconds(registrar.pid);
     let window = size.resync * 2;
     tokio::time::sleep(window).await;
     let idle_lists = prom_counter(telemetry, LISTS, &[]).await - lists0;
     let idle_writes = count_writes().await - writes0;
     let per_minute = idle_lists * 60.0 / window.as_secs_f64();
+    let idle_cpu = cpu_seconds(registrar.pid) - cpu0;
     let hwm_kib = vm_hwm_kib(registrar.pid);
     // A pool call that timed out (or any other failed sync) is retried, and counted here.
     let sync_failures = prom_counter(registrar.metrics_port, "registrar_sync_failures_total", &[]).await;
@@ -587,7 +589,7 @@ async fn main() {
         p(&latencies, 0.99) / p(&direct, 0.99).max(1e-9)
     );
     println!(
-        "  idle ({window:?}): {idle_lists} ListEntries calls = {per_minute:.1}/min (one listing per interval: {} pages), {idle_writes} writes",
+        "  idle ({window:?}): {idle_lists} ListEntries calls = {per_minute:.1}/min (one listing per interval: {} pages), {idle_writes} writes; registrar CPU {idle_cpu:.2} s",
         total.div_ceil(k8s_workload_registrar::spire::client::PAGE_SIZE as usize)
     );
     println!(

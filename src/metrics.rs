@@ -50,6 +50,10 @@ pub fn describe() {
     );
     describe_counter!("registrar_sync_failures_total", "Node syncs that failed and were retried.");
     describe_counter!(
+        "registrar_anti_entropy_checks_total",
+        "Shards' checks of their entries against a periodic listing, by result: agreed, stale (the listing predates a write), disagreed (re-read and repaired)."
+    );
+    describe_counter!(
         "registrar_write_turn_waits_total",
         "Node syncs that had writes but waited for one of the bounded write turns (start-up, mass changes)."
     );
@@ -87,6 +91,9 @@ pub const INVALID_IDENTITY_REASONS: [&str; 7] = [
     "spire_rejected",
     "entry_conflict",
 ];
+
+/// Results of `registrar_anti_entropy_checks_total` (see `actors::shard`).
+pub const ANTI_ENTROPY_RESULTS: [&str; 3] = ["agreed", "stale", "disagreed"];
 
 /// Creates `registrar_actor_restarts_total{actor}` at 0 for an actor kind a supervisor may
 /// restart (each supervisor, at start, for the kinds it supervises).
@@ -135,6 +142,9 @@ pub fn preinitialise() {
         metrics::counter!("registrar_invalid_identity_total", "reason" => reason).increment(0);
     }
     metrics::counter!("registrar_sync_failures_total").increment(0);
+    for result in ANTI_ENTROPY_RESULTS {
+        metrics::counter!("registrar_anti_entropy_checks_total", "result" => result).increment(0);
+    }
     metrics::counter!("registrar_write_turn_waits_total").increment(0);
     for kind in crate::progress::Owned::KINDS {
         metrics::gauge!("registrar_owned_entries", "kind" => kind).set(0.0);

@@ -168,6 +168,10 @@ async fn metrics_health_and_graceful_shutdown() {
     );
     assert_eq!(metric_value(&m, "registrar_invalid_identity_total", &[("reason", "reserved_id")]), Some(0.0));
     assert_eq!(metric_value(&m, "registrar_watch_errors_total", &[("kind", "nodes")]), Some(0.0));
+    for result in ["agreed", "stale", "disagreed"] {
+        let checks = metric_value(&m, "registrar_anti_entropy_checks_total", &[("result", result)]);
+        assert!(checks.is_some(), "no anti-entropy series {result}: {m}");
+    }
     for actor in ["registrar", "spire_pool", "http", "spire_worker", "pods", "nodes", "shard"] {
         let restarts = metric_value(&m, "registrar_actor_restarts_total", &[("actor", actor)]);
         assert_eq!(restarts, Some(0.0), "{actor}: {m}");

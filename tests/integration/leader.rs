@@ -153,12 +153,12 @@ async fn a_write_in_flight_to_a_frozen_server_does_not_land_after_a_takeover() {
     stack.spire.signal("-CONT");
 
     converge(&spire, expected(&["n1"], &[("n1", "p1")])).await;
-    // Two more anti-entropy passes of the new leader (resync every 2 s): a late write by the old
-    // leader would have left p2's entry behind for them to delete.
-    let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
-    let start = passes(&b.metrics().await);
-    eventually("two more passes", Duration::from_secs(60), || async {
-        (passes(&b.metrics().await) >= start + 2.0).then_some(())
+    // Two more anti-entropy checks of the new leader (resync every 2 s): a late write by the old
+    // leader would have left p2's entry behind for them to find and delete.
+    let checks = |m: &str| metric_value(m, "registrar_anti_entropy_checks_total", &[]).unwrap_or(0.0);
+    let start = checks(&b.metrics().await);
+    eventually("two more checks", Duration::from_secs(60), || async {
+        (checks(&b.metrics().await) >= start + 2.0).then_some(())
     })
     .await;
     let m = b.metrics().await;

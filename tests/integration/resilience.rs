@@ -308,22 +308,28 @@ async fn idle_anti_entropy_lists_once_per_interval_and_writes_nothing() {
     let count = |m: &str| {
         let lists =
             metric_value(m, "registrar_spire_call_duration_seconds_count", &[("method", "ListEntries")]);
+        let checks = metric_value(m, "registrar_anti_entropy_checks_total", &[]);
+        let agreed = metric_value(m, "registrar_anti_entropy_checks_total", &[("result", "agreed")]);
         let passes = metric_value(m, "registrar_reconcile_duration_seconds_count", &[]);
         let writes = metric_value(m, "registrar_entry_ops_total", &[]);
-        (lists.unwrap_or(0.0), passes.unwrap_or(0.0), writes.unwrap_or(0.0))
+        let v = |x: Option<f64>| x.unwrap_or(0.0);
+        (v(lists), v(checks), v(agreed), v(passes), v(writes))
     };
-    let (lists0, passes0, writes0) = count(&reg.metrics().await);
-    // Every shard has been handed at least three listings (30 shard passes per round; resync 2 s).
-    let (lists, passes, writes) =
+    let (lists0, checks0, agreed0, passes0, writes0) = count(&reg.metrics().await);
+    // Every shard has been handed at least three listings (30 shard checks per round; resync 2 s).
+    let (lists, checks, agreed, passes, writes) =
         eventually("three anti-entropy rounds", Duration::from_secs(60), || async {
             let now = count(&reg.metrics().await);
-            (now.1 >= passes0 + 90.0).then_some(now)
+            (now.1 >= checks0 + 90.0).then_some(now)
         })
         .await;
-    let rounds = ((passes - passes0) / 30.0).floor();
+    let rounds = ((checks - checks0) / 30.0).floor();
     let calls = lists - lists0;
     assert!(calls <= rounds + 1.0, "{calls} ListEntries calls for {rounds} rounds over 30 nodes");
     assert_eq!(writes, writes0, "an idle resync wrote to SPIRE");
+    // Idle, every check agrees and no shard recomputes its desired entries.
+    assert_eq!(agreed - agreed0, checks - checks0, "an idle listing disagreed with a shard");
+    assert_eq!(passes, passes0, "an agreeing listing made shards diff");
     converge(&spire, expected).await;
 }
 
@@ -369,7 +375,7 @@ async fn relists_change_no_entry() {
     assert!(waited > 0.0, "no shard waited for a write turn: the test does not show that waiting converges");
     let ids = |entries: &[Entry]| entries.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>();
     let writes = |m: &str| metric_value(m, "registrar_entry_ops_total", &[]).unwrap_or(0.0);
-    let passes = |m: &str| metric_value(m, "registrar_reconcile_duration_seconds_count", &[]).unwrap_or(0.0);
+    let checks = |m: &str| metric_value(m, "registrar_anti_entropy_checks_total", &[]).unwrap_or(0.0);
     let listed = || reg.proc.log_text().matches("Initial list done.").count();
     let writes0 = writes(&reg.metrics().await);
 
@@ -383,11 +389,12 @@ async fn relists_change_no_entry() {
     .await;
     // A restarted API server: the watches reconnect (and relist if their version is gone).
     stack.kube.restart_apiserver().await;
-    let p0 = passes(&reg.metrics().await);
-    // Two anti-entropy rounds after both (one pass per shard each; resync 2 s) compare every
-    // shard's desired state, computed from the relisted cache, with SPIRE.
+    let c0 = checks(&reg.metrics().await);
+    // Two anti-entropy rounds after both (one check per shard each; resync 2 s): a shard handles
+    // its messages in order, so the relists' syncs (desired state from the relisted cache,
+    // diffed against SPIRE) are done before its check of the second round.
     eventually("two anti-entropy rounds", Duration::from_secs(60), || async {
-        (passes(&reg.metrics().await) >= p0 + 2.0 * NODES as f64).then_some(())
+        (checks(&reg.metrics().await) >= c0 + 2.0 * NODES as f64).then_some(())
     })
     .await;
     let after = converge(&spire, expected).await;
