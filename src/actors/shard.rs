@@ -268,7 +268,7 @@ impl Actor for NodeShard {
                 };
                 metrics::counter!("registrar_anti_entropy_checks_total", "result" => check).increment(1);
                 // Held deletes (cluster mode) wait for a later diff, which this is the clock of.
-                let idle = check == "agreed" && !state.owed && state.suspects.is_empty();
+                let idle = agrees && !state.owed && state.suspects.is_empty();
                 if idle && state.args.leadership.borrow().leading {
                     // In sync, as the last diff left it: still a successful pass for `progress`
                     // (`registrar_last_converged_timestamp_seconds` keeps advancing).
